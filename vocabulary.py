@@ -109,7 +109,7 @@ class Vocabulary:
         path = Path(path)
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # a half-written file, or a binary one (vocab.pkl)
             raise ValueError(f"vocabulary file {path} is not valid JSON ({e}); delete it to rebuild it") from None
         try:
             return cls.from_dict(d)

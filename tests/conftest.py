@@ -19,3 +19,35 @@ def tiny_shapes(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny_shapes") / "shapes"
     return shapes_dataset.generate(out, **TINY_SHAPES_KWARGS, workers=1, progress=False)
+
+
+SHARED = REPO_ROOT.parent / "shared"
+COCO_MINI = SHARED / "data" / "coco-mini"
+
+
+@pytest.fixture(scope="session")
+def coco_mini():
+    """The real COCO slice beside the repository (../shared/data/coco-mini); tests skip without it."""
+    if not (COCO_MINI / "annotations").is_dir():
+        pytest.skip(f"real COCO files not found at {COCO_MINI}")
+    return COCO_MINI
+
+
+def tiny_train_config(data_root, out_dir, **overrides):
+    """A TrainConfig that overfits the tiny shapes set in seconds on a CPU (pretrained MobileNetV2, 64 px)."""
+    from train import TrainConfig
+
+    settings = dict(data_root=str(data_root), val_split="train", vocab_threshold=1, image_size=64, grid=2,
+                    head_hidden=128, embed_size=64, hidden_size=128, epochs=40, batch_size=64, lr=3e-3,
+                    num_workers=0, out_dir=str(out_dir), cache_dir=str(Path(out_dir) / "cache"),
+                    run_name="tiny", log_every=10_000, best_metric="object_f1", save_every=10)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_shapes, tmp_path_factory):
+    """A run folder whose model has overfit the tiny shapes training images (trained once per session)."""
+    from train import train
+
+    return train(tiny_train_config(tiny_shapes, tmp_path_factory.mktemp("runs")))
