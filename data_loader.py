@@ -83,7 +83,7 @@ def to_rgb(img):
         a = np.asarray(img, dtype=np.float64)
         top = 65535.0 if img.mode.startswith("I;16") or a.max() > 255 else 255.0
         img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if img.mode == "P" or img.mode == "LA" or (img.mode == "RGBA"):
+    if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -280,8 +280,12 @@ class CocoCaptionDataset(Dataset):
         return image, self.caption(index)
 
     def references(self):
-        """{image_id: [raw caption, ...]} of the usable images, for scoring."""
-        return {img_id: [a["caption"] for a in self.coco.imgToAnns[img_id]] for img_id in self.image_ids}
+        """{image_id: [raw caption, ...]} of the usable captions of usable images, for scoring."""
+        refs = {}
+        for ann_id in self.ann_ids:
+            ann = self.coco.anns[ann_id]
+            refs.setdefault(ann["image_id"], []).append(ann["caption"])
+        return refs
 
 
 class ImageListDataset(Dataset):

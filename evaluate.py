@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 import re
 import shutil
 import warnings
@@ -565,3 +566,19 @@ def _longest_match(text: str, pos: int) -> tuple[str | None, int]:
 # ---------------------------------------------------------------------------------------------------------
 # CLI: `python evaluate.py --checkpoint ... --split test` (captions a split and scores it) goes below.
 # ---------------------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scoring a split's captions: the metrics above, plus object F1 on the shapes data
+# ---------------------------------------------------------------------------------------------------------
+def caption_metrics(dataset, candidates, data_root, split, metrics=("Bleu", "CIDEr"), backend="python"):
+    """Scores of {image_id: caption} against the split's references; object F1 too on shapes data."""
+    all_references = dataset.references()
+    references = {i: all_references[i] for i in candidates}
+    out = dict(score_captions(references, candidates, metrics=metrics, backend=backend))
+    if (Path(data_root) / "shapes_meta.json").exists():
+        from shapes_dataset import load_ground_truth, object_f1
+        truth = load_ground_truth(data_root, split)
+        f1 = object_f1(candidates, {i: truth[i] for i in candidates})
+        out.update(object_f1=f1["f1"], object_exact=f1["exact"])
+    return out

@@ -31,6 +31,8 @@ def tokenize(text):
     and the caption metrics strip them anyway.
     """
     tokens = word_tokenize(str(text).lower(), preserve_line=True)
+    # Without the sentence splitter a full stop inside a caption stays on its word ("bench. a dog").
+    tokens = [t.rstrip(".") if len(t) > 1 else t for t in tokens]
     return [t for t in tokens if _HAS_WORD_CHAR.search(t)]
 
 
@@ -157,7 +159,8 @@ def describe_sources(files):
 def load_or_build_vocab(annotations_files, threshold=5, vocab_file="vocab.json", vocab_from_file=None):
     """The vocabulary for these caption files and threshold, reusing `vocab_file` when it matches.
 
-    vocab_from_file: None (default) loads the file if it matches and otherwise rebuilds and saves it;
+    vocab_from_file: None (default) loads the file if it matches and otherwise rebuilds and saves it (a
+    file that is not a vocabulary at all is an error, not overwritten);
     True insists on the saved file (an error if it is missing or does not match); False always rebuilds.
     A vocabulary that does not match the requested files and threshold is never used silently.
     """

@@ -1,0 +1,134 @@
+"""Training: overfitting, checkpoints, resume, the feature cache, torchrun and the CLI."""
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train as train_mod
+from conftest import REPO_ROOT, tiny_train_config
+from model import load_checkpoint
+from train import TrainConfig, cached_features, read_metrics, train
+
+
+def test_tiny_shapes_is_learned_to_object_f1_one(tiny_run):
+    rows = read_metrics(tiny_run)
+    assert len(rows) == 40
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 2
+    assert max(r["object_f1"] for r in rows) == 1.0
+    assert {"config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in tiny_run.iterdir()}
+
+
+def test_checkpoint_round_trip_gives_the_same_captions(tiny_run, tiny_shapes):
+    raw = torch.load(tiny_run / "best.pt", map_location="cpu", weights_only=True)  # plain data only
+    assert raw["metrics"]["object_f1"] == 1.0
+    encoder, decoder, vocab, ckpt = load_checkpoint(tiny_run / "best.pt")
+    cfg = TrainConfig(**ckpt["config"])
+    split = train_mod.load_split(cfg, "train", vocab, encoder, torch.device("cpu"))
+    model = train_mod.Captioner(encoder, decoder)
+    captions = train_mod.caption_features(model, split, split.features, cfg, torch.device("cpu"))
+    scores = train_mod.caption_metrics(split.dataset, captions, cfg.data_root, "train")
+    # The reloaded model reproduces the scores logged when the checkpoint was written, to the last digit.
+    for key in ("object_f1", "Bleu_4", "CIDEr"):
+        assert scores[key] == pytest.approx(raw["metrics"][key], abs=1e-12)
+
+
+def test_resume_ends_with_the_same_weights(tiny_shapes, tmp_path):
+    short = dict(epochs=2, save_every=1)
+    full_dir = train(tiny_train_config(tiny_shapes, tmp_path / "a", **short))
+    half_dir = train(tiny_train_config(tiny_shapes, tmp_path / "b", **{**short, "epochs": 1}))
+    resumed_dir = train(dataclasses.replace(TrainConfig(), resume=str(half_dir), epochs=2))
+    assert resumed_dir == half_dir
+    full = torch.load(full_dir / "last.pt", weights_only=True)
+    resumed = torch.load(resumed_dir / "last.pt", weights_only=True)
+    assert resumed["epoch"] == full["epoch"] == 2 and resumed["step"] == full["step"]
+    for part in ("encoder", "decoder"):
+        for name, tensor in full[part].items():
+            assert torch.equal(tensor, resumed[part][name]), f"{part}.{name} differs after resume"
+    assert len(read_metrics(resumed_dir)) == 2
+
+
+def test_a_run_folder_is_never_overwritten(tiny_shapes, tmp_path):
+    cfg = tiny_train_config(tiny_shapes, tmp_path, epochs=1)
+    run_dir = train(cfg)
+    before = (run_dir / "last.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+    assert (run_dir / "last.pt").read_bytes() == before
+
+
+class CountingEncoder:
+    """Stands in for the encoder's feature pass and counts how often the cache is (re)built."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, encoder, files, *args, **kwargs):
+        self.calls += 1
+        return torch.arange(len(files)).float().half()[:, None].repeat(1, 3), torch.ones(len(files), dtype=torch.bool), {}
+
+
+def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, monkeypatch):
+    counter = CountingEncoder()
+    monkeypatch.setattr(train_mod, "compute_features", counter)
+    cfg = TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
+    files = sorted((tiny_shapes / "train2017").glob("*.jpg"))
+    first, _, _ = cached_features(None, files, cfg, "cpu", "test")
+    cached_features(None, files, cfg, "cpu", "test")
+    assert counter.calls == 1  # same inputs: reused
+    shorter, _, _ = cached_features(None, files[:-1], cfg, "cpu", "test")
+    assert counter.calls == 2 and len(shorter) == len(files) - 1  # another file list: rebuilt
+    cached_features(None, files, dataclasses.replace(cfg, image_size=96), "cpu", "test")
+    cached_features(None, files, dataclasses.replace(cfg, backbone="resnet18"), "cpu", "test")
+    assert counter.calls == 4  # another image size or backbone: rebuilt
+    cache_files = list(tmp_path.glob("*.pt"))
+    assert len(cache_files) == 4 and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, monkeypatch):
+    counter = CountingEncoder()
+    monkeypatch.setattr(train_mod, "compute_features", counter)
+    cfg = TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
+    files = sorted((tiny_shapes / "val2017").glob("*.jpg"))
+    good, _, _ = cached_features(None, files, cfg, "cpu", "test")
+    (path,) = tmp_path.glob("*.pt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as if the disk filled mid-write
+    again, _, _ = cached_features(None, files, cfg, "cpu", "test")
+    assert counter.calls == 2 and torch.equal(good, again)
+    assert torch.load(path, weights_only=True)["features"].shape == good.shape
+
+
+def test_torchrun_two_cpu_processes(tiny_shapes, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(REPO_ROOT / "train.py"), "--data-root", str(tiny_shapes), "--image-size", "64", "--epochs", "2",
+           "--batch-size", "16", "--hidden-size", "64", "--embed-size", "32", "--vocab-threshold", "1",
+           "--num-workers", "0", "--out-dir", str(tmp_path), "--run-name", "ddp", "--cache-dir",
+           str(tmp_path / "cache"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    encoder, decoder, vocab, ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert ckpt["epoch"] == 2 and len(read_metrics(tmp_path / "ddp")) == 2  # only rank 0 logged
+    # Each rank took half of the batches: 320 captions in batches of <= 16 per rank.
+    steps_one_process = len(train_mod.LengthBatchSampler(
+        train_mod.CocoCaptionDataset(*train_mod.find_split(tiny_shapes, "train"), vocab).lengths, 16))
+    assert ckpt["step"] == 2 * (steps_one_process // 2)
+
+
+def test_cli_help_lists_every_field_with_its_default():
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in done.stdout, flag
+    assert "(default: 128)" in done.stdout and "(default: 'mobilenet_v2')" in done.stdout
+
+
+def test_cli_reports_a_missing_data_root_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--data-root", str(tmp_path / "nope"),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: no caption file for split 'train'") and "Traceback" not in done.stderr

@@ -1,0 +1,554 @@
+"""Train Show and Tell.
+
+    python train.py                                   # the built-in shapes data, offline MobileNetV2
+    python train.py --preset coco --data-root data/coco
+    python train.py --resume runs/NAME                # continue from runs/NAME/last.pt
+    torchrun --nproc_per_node=4 train.py --preset coco --data-root data/coco
+    python train.py --help                            # every field of TrainConfig, with its default
+
+From a notebook: `run_dir = train(TrainConfig(epochs=5))`.
+
+With a frozen backbone (the default) the CNN runs once per image: its pooled features are cached on disk
+(data/cache/, keyed by backbone, weights, image size, pooling grid and the exact file list) and training
+only touches the embedding and the LSTM, straight from tensors, with no DataLoader in the loop.
+A run folder holds config.json, vocab.json, metrics.jsonl, last.pt and best.pt.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from data_loader import (CocoCaptionDataset, ImageListDataset, LengthBatchSampler, collate_images,
+                         default_vocab_file, find_split, get_transform, train_captions_file)
+from evaluate import caption_metrics
+from model import CHECKPOINT_FORMAT, build_model, get_device, greedy_search, load_state, read_checkpoint, set_seed
+from vocabulary import Vocabulary, load_or_build_vocab
+
+
+def opt(default, help):
+    """A config field whose help text is its one-line comment; the CLI shows both."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data_root: str = opt("data/shapes", "COCO-layout data root: the built-in shapes set or a real COCO download")
+    train_split: str = opt("train", "split to train on (captions_<split><year>.json)")
+    val_split: str = opt("val", "split scored after every epoch")
+    vocab_threshold: int = opt(5, "keep words seen at least this often in the training captions")
+    image_size: int = opt(128, "pixels fed to the CNN; 224 for COCO (the cache costs ~4x more at 224)")
+    strict: bool = opt(False, "stop on a bad image or caption instead of skipping and counting it")
+    # model (the seed: 1 LSTM layer, 100-d embeddings, 512 hidden units)
+    backbone: str = opt("mobilenet_v2", "torchvision CNN: mobilenet_v2 (offline after `make weights`), resnet50, ...")
+    pretrained: bool = opt(True, "start from ImageNet weights (False: random weights, for tests)")
+    train_backbone: bool = opt(False, "fine-tune the CNN too (no feature cache; much slower)")
+    grid: int = opt(2, "pool CNN features to a grid x grid layout; 1 is the seed's global average pool")
+    head_hidden: int = opt(0, "hidden units in the feature-to-embedding layer; 0 is the seed's single linear layer")
+    embed_size: int = opt(100, "word and image embedding size")
+    hidden_size: int = opt(512, "LSTM hidden units")
+    num_layers: int = opt(1, "LSTM layers")
+    dropout: float = opt(0.0, "dropout between LSTM layers (needs num_layers > 1)")
+    # optimisation
+    epochs: int = opt(10, "passes over every training caption")
+    batch_size: int = opt(128, "captions per step (per process under torchrun)")
+    lr: float = opt(1e-3, "Adam learning rate")
+    weight_decay: float = opt(0.0, "Adam weight decay")
+    grad_clip: float = opt(5.0, "clip the gradient norm to this; 0 turns clipping off")
+    seed: int = opt(0, "seeds weights, batch order and dropout")
+    # evaluation
+    max_len: int = opt(30, "longest caption generated, in words (shapes captions reach 25)")
+    val_images: int = opt(0, "score captions of this many val images per epoch; 0 means all")
+    best_metric: str = opt("CIDEr", "validation score that picks best.pt")
+    # machinery
+    device: str = opt("auto", "auto (cuda, mps, cpu), or a torch device name")
+    num_workers: int = opt(2, "image-decoding processes for the cache and for fine-tuning")
+    out_dir: str = opt("runs", "folder that holds the run folders")
+    run_name: str = opt("", "run folder name; empty: a time stamp and the backbone")
+    cache_dir: str = opt("data/cache", "where cached CNN features live")
+    save_every: int = opt(1, "write last.pt every this many epochs (and always at the end)")
+    log_every: int = opt(50, "print a log line every this many steps")
+    compile: bool = opt(False, "torch.compile the decoder (falls back to eager if compiling fails)")
+    resume: str = opt("", "a run folder to continue from its last.pt")
+
+    def model_args(self, vocab):
+        """The sizes that rebuild the model; stored in every checkpoint."""
+        return dict(backbone=self.backbone, pretrained=self.pretrained, train_backbone=self.train_backbone,
+                    grid=self.grid, head_hidden=self.head_hidden, embed_size=self.embed_size,
+                    hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
+                    vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
+
+
+# Starting points for the CLI's --preset; any flag after it still wins.
+PRESETS = {
+    "shapes": {},
+    "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, grid=1, epochs=3, num_workers=8),
+}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Processes and devices
+# ---------------------------------------------------------------------------------------------------
+def setup_distributed(cfg):
+    """(rank, world_size, device). Under torchrun: nccl on GPUs, gloo on CPU; otherwise one process."""
+    if "RANK" not in os.environ:
+        return 0, 1, get_device(cfg.device)
+    use_cuda = torch.cuda.is_available() and cfg.device in ("auto", "cuda")
+    dist.init_process_group("nccl" if use_cuda else "gloo")
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    return dist.get_rank(), dist.get_world_size(), torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+
+
+def barrier(world_size):
+    if world_size > 1:
+        dist.barrier()
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; fp32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The feature cache
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def compute_features(encoder, files, image_size, device, batch_size=64, num_workers=2, desc="CNN features"):
+    """Pooled CNN features of image files with the evaluation transform.
+
+    Returns (features (N, D) float16 on the CPU, ok (N,) bool, failures {file name: reason}). Unreadable
+    images get ok=False and a zero row; callers skip them and say so.
+    """
+    dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+    features = torch.zeros(len(files), encoder.feature_size, dtype=torch.float16)
+    ok = torch.zeros(len(files), dtype=torch.bool)
+    failures = {}
+    was_training = encoder.training
+    encoder.eval()
+    for images, index, failed in tqdm(loader, desc=desc, unit="batch", leave=False):
+        failures.update((Path(files[i]).name, reason) for i, reason in failed)
+        if images is None:
+            continue
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            features[index] = encoder.features(images).float().cpu().half()  # (B, D)
+        ok[index] = True
+    encoder.train(was_training)
+    return features, ok, failures
+
+
+def cache_key(cfg, files):
+    """What the cached features depend on: backbone, weights, image size, grid and the exact files."""
+    files_desc = [[f"{Path(f).parent.name}/{Path(f).name}", Path(f).stat().st_size if Path(f).exists() else -1]
+                  for f in files]
+    blob = json.dumps({"backbone": cfg.backbone, "weights": str(cfg.pretrained), "image_size": cfg.image_size,
+                       "grid": cfg.grid, "files": files_desc, "version": 1})
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_features(encoder, files, cfg, device, desc):
+    """compute_features, stored under cfg.cache_dir and reused while the key matches.
+
+    The file is written to a temporary name and renamed when complete, so an interrupted build is never
+    mistaken for a cache; an unreadable or mismatching file is rebuilt.
+    """
+    key = cache_key(cfg, files)
+    path = Path(cfg.cache_dir) / f"{cfg.backbone}-{cfg.image_size}px-g{cfg.grid}-{key[:16]}.pt"
+    if path.exists():
+        try:
+            c = torch.load(path, map_location="cpu", weights_only=True)
+            if c.get("key") == key and c["features"].shape[0] == len(files):
+                return c["features"], c["ok"], c["failures"]
+            print(f"feature cache {path} does not match its inputs; rebuilding it")
+        except Exception as e:
+            print(f"feature cache {path} is unreadable ({type(e).__name__}); rebuilding it")
+    features, ok, failures = compute_features(encoder, files, cfg.image_size, device,
+                                              num_workers=cfg.num_workers, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"key": key, "features": features, "ok": ok, "failures": failures}, path)
+    return features, ok, failures
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, flush it to disk, then rename: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data for one split: captions as tensors, features when the backbone is frozen
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class Split:
+    """A split ready for training: captions as tensors, and per-image features if cached."""
+    dataset: CocoCaptionDataset
+    tokens: torch.Tensor  # (N, max_len) caption ids padded with <end>
+    lengths: torch.Tensor  # (N,)
+    caption_image: torch.Tensor  # (N,) index into the images
+    features: torch.Tensor = None  # (images, D) float16, None when the backbone is trained
+    usable: np.ndarray = None  # caption indices whose image is usable
+
+    def batch(self, index):
+        """Captions (B, L) of one length and their image features (B, D) in float32."""
+        L = int(self.lengths[index[0]])
+        feats = self.features[self.caption_image[index]].float() if self.features is not None else None
+        return self.tokens[index, :L], feats
+
+
+def load_split(cfg, name, vocab, encoder, device):
+    image_dir, annotations = find_split(cfg.data_root, name)
+    transform = get_transform(train=name == cfg.train_split, image_size=cfg.image_size, hflip=not is_shapes(cfg))
+    ds = CocoCaptionDataset(image_dir, annotations, vocab, transform, strict=cfg.strict)
+    usable = np.arange(len(ds))
+    features = None
+    if not cfg.train_backbone:
+        features, ok, failures = cached_features(encoder, ds.image_files, cfg, device, desc=f"caching {name}")
+        for file_name, reason in failures.items():
+            ds.image_report.add(reason, file_name)
+        if failures:
+            print(f"{annotations.name}: {ds.image_report.summary()} while caching features")
+            ds.image_report.raise_if(cfg.strict)
+        usable = usable[ok.numpy()[ds.caption_image]]
+    as_tensor = lambda a: torch.from_numpy(a).to(device)
+    return Split(ds, as_tensor(ds.tokens), as_tensor(ds.lengths), as_tensor(ds.caption_image),
+                 features.to(device) if features is not None else None, usable)
+
+
+def is_shapes(cfg):
+    return (Path(cfg.data_root) / "shapes_meta.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Model, loss, one epoch
+# ---------------------------------------------------------------------------------------------------
+class Captioner(nn.Module):
+    """Encoder and decoder as one module, so the optimizer and DDP see one set of parameters."""
+
+    def __init__(self, encoder, decoder):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, inputs, captions, from_features):
+        embedded = self.encoder.embed(inputs) if from_features else self.encoder(inputs)  # (B, E)
+        return self.decoder(embedded, captions)  # (B, T, V)
+
+
+def caption_loss(scores, captions):
+    """Cross-entropy over every position, <start> included, as in the Udacity project."""
+    return F.cross_entropy(scores.reshape(-1, scores.size(-1)).float(), captions.reshape(-1))
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device, rank, loader=None):
+    """One pass over the training captions. Returns (mean loss, captions per second)."""
+    model.train()
+    sampler.set_epoch(epoch)
+    from_features = split.features is not None
+    batches = sampler.batches() if from_features else loader
+    total_loss, total_n, t0 = 0.0, 0, time.time()
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=rank != 0)
+    for i, batch in enumerate(bar):
+        if from_features:
+            index = torch.as_tensor(split.usable[batch], device=device)
+            captions, inputs = split.batch(index)
+        else:
+            inputs, captions = (t.to(device, non_blocking=True) for t in batch)
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            scores = model(inputs, captions, from_features)  # (B, T, V)
+        loss = caption_loss(scores, captions)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {state['step'] + 1}; "
+                                   "training stopped and the last good checkpoint is kept. Try a lower --lr "
+                                   "or --grad-clip.")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        state["step"] += 1
+        total_loss += loss.item() * len(captions)
+        total_n += len(captions)
+        if rank == 0 and (i + 1) % cfg.log_every == 0:
+            mean = total_loss / total_n
+            tqdm.write(f"epoch {epoch + 1} step {i + 1}/{len(batches)}  loss {mean:.3f}  ppl {math.exp(mean):.2f}  "
+                       f"{total_n / (time.time() - t0):,.0f} captions/s")
+    return total_loss / max(total_n, 1), total_n / max(time.time() - t0, 1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation: loss, greedy captions and their scores
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def split_features(encoder, split, cfg, device):
+    """Per-image CNN features of a split: the cache, or (fine-tuning) a fresh pass of the current CNN."""
+    if split.features is not None:
+        return split.features
+    features, ok, _ = compute_features(encoder, split.dataset.image_files, cfg.image_size, device,
+                                       num_workers=cfg.num_workers, desc="val features")
+    return features.to(device)
+
+
+@torch.inference_mode()
+def validate(model, split, cfg, device):
+    """Validation loss and perplexity, and greedy-caption scores (BLEU-4, CIDEr; object F1 on shapes)."""
+    model.eval()
+    features = split_features(model.encoder, split, cfg, device)
+    total, n = 0.0, 0
+    for index in LengthBatchSampler(split.dataset.lengths[split.usable], 512).batches(0):
+        index = torch.as_tensor(split.usable[index], device=device)
+        captions = split.tokens[index, : int(split.lengths[index[0]])]
+        with autocast(device):
+            scores = model(features[split.caption_image[index]].float(), captions, from_features=True)
+        total += caption_loss(scores, captions).item() * len(captions)
+        n += len(captions)
+    candidates = caption_features(model, split, features, cfg, device)
+    metrics = {"val_loss": total / max(n, 1), "val_ppl": math.exp(min(total / max(n, 1), 50))}
+    metrics.update(caption_metrics(split.dataset, candidates, cfg.data_root, cfg.val_split))
+    return metrics, candidates
+
+
+def caption_features(model, split, features, cfg, device, batch_size=1024):
+    """Greedy captions {image_id: text} for the split's usable images (the first cfg.val_images)."""
+    ds, vocab = split.dataset, split.dataset.vocab
+    images = np.unique(ds.caption_image[split.usable])
+    if cfg.val_images:
+        images = images[: cfg.val_images]
+    captions = {}
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        with autocast(device):
+            embedded = model.encoder.embed(features[torch.as_tensor(chunk, device=device)].float())
+            ids, _ = greedy_search(model.decoder, embedded, cfg.max_len)
+        captions.update((ds.image_ids[i], vocab.decode(c)) for i, c in zip(chunk, ids))
+    return captions
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------------
+def make_checkpoint(model, optimizer, cfg, vocab, epoch, state, metrics):
+    """One plain dict (tensors, numbers, strings) that loads with torch.load(weights_only=True)."""
+    rng = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"format": CHECKPOINT_FORMAT, "model_args": cfg.model_args(vocab),
+            "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
+            "optimizer": optimizer.state_dict(), "vocab": vocab.to_dict(), "config": asdict(cfg),
+            "epoch": epoch, "step": state["step"], "best_score": state["best"], "metrics": metrics, "rng": rng}
+
+
+def restore_rng(rng):
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), None))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def resume_config(run_dir, overrides=None):
+    """The config saved in RUN_DIR/last.pt, with explicit overrides (e.g. more epochs)."""
+    ckpt = read_checkpoint(Path(run_dir) / "last.pt")
+    saved = ckpt["config"]
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    cfg = dataclasses.replace(cfg, **(overrides or {}), resume=str(run_dir))
+    return cfg, ckpt
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole run
+# ---------------------------------------------------------------------------------------------------
+def prepare_run_dir(cfg):
+    if cfg.resume:
+        return Path(cfg.resume)
+    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.backbone}"
+    run_dir = Path(cfg.out_dir) / name
+    if (run_dir / "last.pt").exists():
+        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                              "or choose another --run-name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def ensure_data(cfg):
+    """Generate the built-in shapes data on first use; a missing COCO root gets a clear error."""
+    root = Path(cfg.data_root)
+    if root.name == "shapes" and not (root / "shapes_meta.json").exists():
+        from shapes_dataset import ensure_shapes
+        ensure_shapes(root)
+
+
+def prepare(cfg, ckpt, device):
+    """Vocabulary, model and both splits (with their feature caches when the backbone is frozen)."""
+    if ckpt is not None:
+        vocab = Vocabulary.from_dict(ckpt["vocab"])
+    else:
+        vocab_file = default_vocab_file(cfg.data_root, cfg.vocab_threshold)
+        vocab = load_or_build_vocab([train_captions_file(cfg.data_root)], cfg.vocab_threshold, vocab_file)
+    encoder, decoder = build_model(cfg.model_args(vocab))
+    encoder.to(device).to(memory_format=torch.channels_last)
+    train_split = load_split(cfg, cfg.train_split, vocab, encoder, device)
+    val_split = load_split(cfg, cfg.val_split, vocab, encoder, device)
+    return vocab, encoder, decoder, train_split, val_split
+
+
+def train(cfg):
+    """Train a captioner as `cfg` says; returns the run folder. Rank 0 writes logs and checkpoints."""
+    ckpt = None
+    if cfg.resume:
+        cfg, ckpt = resume_config(cfg.resume, {"epochs": cfg.epochs})
+    rank, world_size, device = setup_distributed(cfg)
+    set_seed(cfg.seed)
+    if rank == 0:
+        ensure_data(cfg)
+        run_dir = prepare_run_dir(cfg)
+    barrier(world_size)
+    # Rank 0 builds the vocabulary and the feature caches; the others wait, then read them.
+    if rank == 0:
+        vocab, encoder, decoder, train_split, val_split = prepare(cfg, ckpt, device)
+    barrier(world_size)
+    if rank != 0:
+        vocab, encoder, decoder, train_split, val_split = prepare(cfg, ckpt, device)
+    model = Captioner(encoder, decoder).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state = {"step": 0, "best": -float("inf")}
+    start_epoch = 0
+    if ckpt is not None:
+        load_state(model.encoder, ckpt["encoder"], "encoder")
+        load_state(model.decoder, ckpt["decoder"], "decoder")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        restore_rng(ckpt["rng"])
+        state = {"step": ckpt["step"], "best": ckpt["best_score"]}
+        start_epoch = ckpt["epoch"]
+    if cfg.compile:
+        model.decoder = compile_or_eager(model.decoder)
+    train_model = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    sampler = LengthBatchSampler(train_split.dataset.lengths[train_split.usable], cfg.batch_size, seed=cfg.seed,
+                                 rank=rank, world_size=world_size)
+    loader = None if train_split.features is not None else DataLoader(
+        train_split.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
+    if rank == 0:
+        save_run_files(run_dir, cfg, vocab)
+        n_params = sum(p.numel() for p in params)
+        print(f"training {n_params:,} parameters on {len(train_split.usable):,} captions, device {device}, "
+              f"{world_size} process(es); run folder {run_dir}")
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        train_loss, speed = train_one_epoch(train_model, optimizer, train_split, sampler, cfg, epoch, state,
+                                            device, rank, loader)
+        if rank == 0:
+            metrics, _ = validate(model, val_split, cfg, device)
+            metrics = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
+                       "train_ppl": math.exp(min(train_loss, 50)), **metrics,
+                       "captions_per_s": speed, "epoch_time_s": time.time() - t0}
+            log_epoch(run_dir, metrics)
+            score = metrics.get(cfg.best_metric, -metrics["val_loss"])
+            improved = score > state["best"]
+            state["best"] = max(state["best"], score)
+            last = epoch + 1 == cfg.epochs
+            if improved or last or (epoch + 1) % cfg.save_every == 0:
+                ckpt_dict = make_checkpoint(model, optimizer, cfg, vocab, epoch + 1, state, metrics)
+                if improved:
+                    atomic_save(ckpt_dict, run_dir / "best.pt")
+                if last or (epoch + 1) % cfg.save_every == 0:
+                    atomic_save(ckpt_dict, run_dir / "last.pt")
+        barrier(world_size)
+    if world_size > 1:
+        dist.destroy_process_group()
+    return run_dir if rank == 0 else None
+
+
+def compile_or_eager(module):
+    """torch.compile when it works here; otherwise the module as it was, with a note."""
+    try:
+        compiled = torch.compile(module)
+        return compiled
+    except Exception as e:  # compile is an optimisation, never a reason to stop training
+        print(f"torch.compile failed ({type(e).__name__}: {e}); training without it")
+        return module
+
+
+def save_run_files(run_dir, cfg, vocab):
+    (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    vocab.save(run_dir / "vocab.json")
+
+
+def log_epoch(run_dir, metrics):
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    shown = ["train_loss", "val_loss", "val_ppl", "Bleu_4", "CIDEr", "object_f1"]
+    tqdm.write(f"epoch {metrics['epoch']}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics)
+               + f"  ({metrics['epoch_time_s']:.1f} s, {metrics['captions_per_s']:,.0f} captions/s)")
+
+
+def read_metrics(run_dir):
+    """The metrics.jsonl rows of a run, one dict per epoch (for plotting)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: every TrainConfig field is a flag
+# ---------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Train a Show-and-Tell captioner.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
+                        help="a starting set of defaults; flags after it override")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f.metadata["help"]
+                                + f" (default: {f.default})")
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(f.type if isinstance(f.type, str) else f.type.__name__)
+            parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper(),
+                                help=f.metadata["help"] + f" (default: {f.default!r})")
+    args = parser.parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if v is not None and k != "preset"}
+    return TrainConfig(**{**PRESETS[args.preset], **given})
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    try:
+        run_dir = train(cfg)
+    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if run_dir is not None:
+        print(f"done: {run_dir}/best.pt")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
