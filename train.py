@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from data_loader import (CocoCaptionDataset, ImageListDataset, LengthBatchSampler, collate_images,
+from data_loader import (CocoCaptionDataset, ImageListDataset, LengthBatchSampler, collate_images, collate_skipping,
                          default_vocab_file, find_split, get_transform, train_captions_file)
 from evaluate import caption_metrics
 from model import CHECKPOINT_FORMAT, build_model, get_device, greedy_search, load_state, read_checkpoint, set_seed
@@ -61,6 +61,7 @@ class TrainConfig:
     train_backbone: bool = opt(False, "fine-tune the CNN too (no feature cache; much slower)")
     grid: int = opt(2, "pool CNN features to a grid x grid layout; 1 is the seed's global average pool")
     head_hidden: int = opt(0, "hidden units in the feature-to-embedding layer; 0 is the seed's single linear layer")
+    embed_norm: bool = opt(True, "LayerNorm on the image embedding, so it arrives at the word embeddings' scale")
     embed_size: int = opt(100, "word and image embedding size")
     hidden_size: int = opt(512, "LSTM hidden units")
     num_layers: int = opt(1, "LSTM layers")
@@ -90,7 +91,7 @@ class TrainConfig:
     def model_args(self, vocab):
         """The sizes that rebuild the model; stored in every checkpoint."""
         return dict(backbone=self.backbone, pretrained=self.pretrained, train_backbone=self.train_backbone,
-                    grid=self.grid, head_hidden=self.head_hidden, embed_size=self.embed_size,
+                    grid=self.grid, head_hidden=self.head_hidden, embed_norm=self.embed_norm, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
@@ -278,6 +279,8 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
         if from_features:
             index = torch.as_tensor(split.usable[batch], device=device)
             captions, inputs = split.batch(index)
+        elif batch is None:  # every image of this batch failed to decode; each was named in a warning
+            continue
         else:
             inputs, captions = (t.to(device, non_blocking=True) for t in batch)
             inputs = inputs.contiguous(memory_format=torch.channels_last)
@@ -374,6 +377,9 @@ def restore_rng(rng):
 
 def resume_config(run_dir, overrides=None):
     """The config saved in RUN_DIR/last.pt, with explicit overrides (e.g. more epochs)."""
+    if not (Path(run_dir) / "last.pt").is_file():
+        raise FileNotFoundError(f"{run_dir} holds no complete checkpoint (last.pt) to resume from; "
+                                "start a new run instead")
     ckpt = read_checkpoint(Path(run_dir) / "last.pt")
     saved = ckpt["config"]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -386,8 +392,12 @@ def resume_config(run_dir, overrides=None):
 # The whole run
 # ---------------------------------------------------------------------------------------------------
 def prepare_run_dir(cfg):
+    """The run folder: a new one, or on --resume the given one, cleared of temporary files a crash left."""
     if cfg.resume:
-        return Path(cfg.resume)
+        run_dir = Path(cfg.resume)
+        for stale in run_dir.glob(".*.tmp*"):  # a checkpoint write that a crash interrupted
+            stale.unlink()
+        return run_dir
     name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.backbone}"
     run_dir = Path(cfg.out_dir) / name
     if (run_dir / "last.pt").exists():
@@ -454,7 +464,7 @@ def train(cfg):
     sampler = LengthBatchSampler(train_split.dataset.lengths[train_split.usable], cfg.batch_size, seed=cfg.seed,
                                  rank=rank, world_size=world_size)
     loader = None if train_split.features is not None else DataLoader(
-        train_split.dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+        train_split.dataset, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=collate_skipping,
         persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
     if rank == 0:
         save_run_files(run_dir, cfg, vocab)
