@@ -582,3 +582,196 @@ def caption_metrics(dataset, candidates, data_root, split, metrics=("Bleu", "CID
         f1 = object_f1(candidates, {i: truth[i] for i in candidates})
         out.update(object_f1=f1["f1"], object_exact=f1["exact"])
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inference: caption a whole split with a checkpoint, score it, write COCO results (the CLI below uses these)
+#     python evaluate.py --checkpoint runs/NAME/best.pt --split test --beam 3
+# train.py imports this module (caption_metrics), so train, caption and torch are imported inside the functions.
+# ---------------------------------------------------------------------------------------------------------
+SPICE_NOTE = "not computed: pycocoevalcap's SPICE downloads Stanford CoreNLP (about 1 GB) on first use"
+TABLE_KEYS = METRIC_KEYS + ("object_f1", "object_exact")  # object F1 and exact matches: shapes data only
+
+
+def latest_checkpoint(out_dir="runs", name="best.pt"):
+    """RUNS/<newest run>/best.pt: the most recently written checkpoint of that name under out_dir."""
+    found = [p for p in Path(out_dir).glob(f"*/{name}") if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no run under {out_dir}/ (looked for {out_dir}/*/{name}); "
+                                "train one with python train.py or 2_Training.ipynb")
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.parent.name))
+
+
+def output_paths(out_dir, split, beam):
+    """(captions file, scores file) for a split and beam width: captions_<split>_beam<k>.json, scores_..."""
+    out = Path(out_dir)
+    return out / f"captions_{split}_beam{beam}.json", out / f"scores_{split}_beam{beam}.json"
+
+
+def checkpoint_config(ckpt, **overrides):
+    """The TrainConfig a checkpoint was trained with (fields this version no longer knows are dropped)."""
+    import dataclasses
+    from train import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {k: v for k, v in ckpt.get("config", {}).items() if k in known}
+    return dataclasses.replace(TrainConfig(**saved), **{k: v for k, v in overrides.items() if v is not None})
+
+
+def split_image_features(encoder, dataset, cfg, model_args, device, batch_size=64):
+    """Pooled CNN features of a dataset's images: (features (N, D) float16, ok (N,), {file: reason}).
+
+    A frozen backbone's features go through train.cached_features with the training config, so the cache
+    written while training (data/cache/) is reused; a fine-tuned backbone's are computed afresh.
+    """
+    from train import cached_features, compute_features
+
+    if not model_args.get("train_backbone", False):
+        return cached_features(encoder, dataset.image_files, cfg, device,
+                               desc=f"CNN features of {dataset.annotations_file.name}")
+    return compute_features(encoder, dataset.image_files, model_args["image_size"], device, batch_size=batch_size,
+                            num_workers=cfg.num_workers)
+
+
+def evaluate_checkpoint(checkpoint, split="test", beam=1, max_len=None, length_penalty=0.0, data_root=None,
+                        out_dir=None, batch_size=256, device="auto", num_workers=None, backend="auto", save=True,
+                        progress=True):
+    """Caption every usable image of a split with a checkpoint, score the captions and (save) write them.
+
+    Returns (scores, captions): scores is a Scores dict (Bleu_1..4, METEOR, ROUGE_L, CIDEr, and on shapes
+    data object_f1 and object_exact; `.missing` says why any is absent), captions {image_id: caption}.
+    max_len None: the checkpoint's training max_len; data_root None: the checkpoint's; out_dir None: the
+    checkpoint's folder, which receives captions_<split>_beam<k>.json (COCO results format) and
+    scores_<split>_beam<k>.json.
+    """
+    from caption import caption_batch, checkpoint_max_len
+    from data_loader import CocoCaptionDataset, find_split
+    from model import get_device, load_checkpoint
+    from tqdm.auto import tqdm
+
+    device = get_device(device)
+    encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint, device)
+    cfg = checkpoint_config(ckpt, data_root=data_root, num_workers=num_workers)
+    max_len = checkpoint_max_len(ckpt, max_len)
+    image_dir, annotations = find_split(cfg.data_root, split)
+    dataset = CocoCaptionDataset(image_dir, annotations, vocab)
+    features, ok, failures = split_image_features(encoder, dataset, cfg, ckpt["model_args"], device, batch_size)
+    if failures:
+        print(f"{annotations.name}: skipped {len(failures)} unreadable images, e.g. {sorted(failures)[:3]}")
+    references = dataset.references()
+    usable = [i for i, image_id in enumerate(dataset.image_ids) if ok[i] and image_id in references]
+    if not usable:
+        raise ValueError(f"{annotations} has no usable image with captions to evaluate")
+    captions = {}
+    for start in tqdm(range(0, len(usable), batch_size), desc=f"captioning {split} (beam {beam})", unit="batch",
+                      leave=False, disable=None if progress else True):
+        chunk = usable[start:start + batch_size]
+        texts = caption_batch(encoder, decoder, vocab, features=features[chunk], beam=beam, max_len=max_len,
+                              length_penalty=length_penalty)
+        captions.update(zip((dataset.image_ids[i] for i in chunk), texts))
+    values = caption_metrics(dataset, captions, cfg.data_root, split, metrics=None, backend=backend)
+    missing = {} if "METEOR" in values else {"METEOR": _meteor_missing_reason()}
+    scores = Scores(values, {**missing, "SPICE": SPICE_NOTE})
+    if save:
+        info = dict(checkpoint=str(checkpoint), data_root=str(cfg.data_root), split=split, beam=beam,
+                    max_len=max_len, length_penalty=length_penalty, n_images=len(captions))
+        write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
+    return scores, captions
+
+
+def write_results(out_dir, split, beam, captions, scores, info=None):
+    """Write captions (COCO results: [{"image_id", "caption"}]) and scores JSON; returns both paths."""
+    import json
+
+    captions_file, scores_file = output_paths(out_dir, split, beam)
+    captions_file.parent.mkdir(parents=True, exist_ok=True)
+    results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
+    captions_file.write_text(json.dumps(results, indent=1))
+    record = {**(info or {}), "scores": dict(scores), "missing": getattr(scores, "missing", {})}
+    scores_file.write_text(json.dumps(record, indent=1))
+    return captions_file, scores_file
+
+
+def split_image_files(data_root, split):
+    """{image_id: image path} of a split, for showing images beside their captions."""
+    from data_loader import find_split, load_coco
+
+    image_dir, annotations = find_split(data_root, split)
+    coco = load_coco(annotations)
+    return {i: image_dir / img["file_name"] for i, img in coco.imgs.items()}
+
+
+def scores_table(columns: Mapping[str, Mapping[str, float]], digits: int = 3) -> str:
+    """A markdown table, one row per metric and one column per decoder: {"greedy": scores, "beam 3": ...}.
+
+    Metrics that some column lacks show as n/a, and the reasons follow the table as a list.
+    """
+    keys = [k for k in TABLE_KEYS if any(k in s for s in columns.values())]
+    lines = ["| metric | " + " | ".join(columns) + " |", "| --- |" + " ---: |" * len(columns)]
+    for k in keys:
+        cells = [f"{s[k]:.{digits}f}" if k in s else "n/a" for s in columns.values()]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    notes = {}
+    for s in columns.values():
+        notes.update(getattr(s, "missing", {}))
+    if notes:
+        lines.append("")
+        lines.extend(f"- {k}: {why}" for k, why in notes.items())
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Caption a split with a checkpoint and score the captions (BLEU 1-4, METEOR, ROUGE-L, CIDEr; "
+                    "object F1 on shapes). Writes captions_<split>_beam<k>.json (COCO results format) and "
+                    "scores_<split>_beam<k>.json.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint file; None: best.pt of the newest run under --runs-dir")
+    parser.add_argument("--runs-dir", default="runs", help="where training runs live (for the default checkpoint)")
+    parser.add_argument("--split", default="test", help="split to caption: captions_<split><year>.json")
+    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy decoding")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="longest caption, in words; None: the checkpoint's training max_len")
+    parser.add_argument("--length-penalty", type=float, default=0.0,
+                        help="GNMT length penalty alpha for beam search; 0 ranks by plain log-probability")
+    parser.add_argument("--data-root", default=None, help="COCO-layout data root; None: the checkpoint's data_root")
+    parser.add_argument("--out", default=None, help="folder for the captions and scores; None: the checkpoint's folder")
+    parser.add_argument("--batch-size", type=int, default=256, help="images captioned at once")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="image-decoding processes for CNN features; None: the checkpoint's setting")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="metrics: java (pycocoevalcap, with METEOR), python (no Java, no METEOR), auto")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    import sys
+
+    args = parse_args(argv)
+    try:
+        if args.beam < 1 or args.batch_size < 1:
+            raise ValueError("--beam and --batch-size must be at least 1")
+        checkpoint = args.checkpoint or latest_checkpoint(args.runs_dir)
+        scores, captions = evaluate_checkpoint(checkpoint, args.split, args.beam, args.max_len, args.length_penalty,
+                                               args.data_root, args.out, args.batch_size, args.device,
+                                               args.num_workers, args.backend)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    name = "greedy" if args.beam == 1 else f"beam {args.beam}"
+    print(f"{checkpoint}: {len(captions)} {args.split} images\n")
+    print(scores_table({name: scores}))
+    captions_file, scores_file = output_paths(args.out or Path(checkpoint).parent, args.split, args.beam)
+    print(f"\nwrote {captions_file} and {scores_file}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

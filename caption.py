@@ -1,0 +1,193 @@
+"""Caption images with a trained checkpoint.
+
+    python caption.py --checkpoint runs/NAME/best.pt photo.jpg more_photos/   # one "path<TAB>caption" a line
+    python caption.py images/ --beam 3                                         # the newest run's best.pt
+
+From Python (the notebooks and evaluate.py use these):
+    encoder, decoder, vocab, ckpt = model.load_checkpoint(path, device)
+    caption_batch(encoder, decoder, vocab, images=x)            # x (B, 3, H, W) -> ["a caption", ...]
+    caption_batch(encoder, decoder, vocab, features=f, beam=3)  # f (B, D): pooled CNN features, as cached
+    captions, failures = caption_images(encoder, decoder, vocab, paths, image_size=...)
+
+Decoding itself (batched greedy and beam search) lives in model.py; this file feeds it and decodes the ids.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from data_loader import ImageListDataset, ImageLoadError, collate_images, get_transform, load_image
+from evaluate import latest_checkpoint
+from model import beam_search, get_device, greedy_search, load_checkpoint
+from train import autocast
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+DEFAULT_MAX_LEN = 20  # words, for checkpoints whose config does not say (the Udacity project's value)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The one captioning function: a batch of images or features -> caption strings
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, max_len=DEFAULT_MAX_LEN,
+                  length_penalty=0.0, with_scores=False):
+    """Captions of one batch, as strings.
+
+    Give either images (B, 3, H, W), normalised as get_transform(train=False) makes them, or features
+    (B, D): pooled backbone features as the feature cache stores them (float16 is fine).
+    beam=1 is greedy_search, beam>1 beam_search (ranked with the GNMT length_penalty alpha).
+    Runs on the decoder's device: bf16 autocast on CUDA, fp32 elsewhere.
+    Returns [caption, ...] (B strings), or with with_scores=True ([caption, ...], log-probabilities (B,) on
+    the CPU), each the sum over the caption's words and its <end>.
+    """
+    if (images is None) == (features is None):
+        raise ValueError("caption_batch needs images or features (exactly one of them)")
+    if beam < 1:
+        raise ValueError(f"beam width must be at least 1, got {beam}")
+    device = next(decoder.parameters()).device
+    with autocast(device):
+        if images is not None:
+            embedded = encoder(images.to(device))  # (B, E)
+        else:
+            embedded = encoder.embed(features.to(device).float())  # (B, D) -> (B, E)
+        if beam == 1:
+            ids, scores = greedy_search(decoder, embedded, max_len)
+        else:
+            ids, scores = beam_search(decoder, embedded, beam, max_len, length_penalty)
+    captions = [vocab.decode(c) for c in ids]
+    return (captions, scores.float().cpu()) if with_scores else captions
+
+
+def checkpoint_max_len(ckpt, max_len=None):
+    """max_len if given, else the longest caption the checkpoint was validated with."""
+    return max_len or ckpt.get("config", {}).get("max_len") or DEFAULT_MAX_LEN
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files: folders expand to their images; unreadable files are named with the reason
+# ---------------------------------------------------------------------------------------------------
+def image_files(inputs):
+    """Paths to caption: files as given (any file PIL opens), folders as their image files, sorted.
+
+    A folder's own files count when their extension is one of IMAGE_EXTENSIONS (any case); subfolders and
+    hidden files are not searched. A folder without any raises FileNotFoundError.
+    """
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            if not found:
+                raise FileNotFoundError(f"{path} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+            files.extend(found)
+        else:
+            files.append(path)  # a missing file is reported with the others, not here
+    return files
+
+
+def failure_reason(path, short_reason="unreadable"):
+    """Why an image cannot be used, in words: 'empty file (0 bytes)', 'unreadable (cannot identify ...)'."""
+    path = Path(path)
+    if not path.exists():
+        return "missing (no such file)"
+    if path.is_dir():
+        return "a folder, not an image file"
+    if path.is_file() and path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    try:
+        load_image(path)  # only for failed files: again, to learn the detail that the loader summarised
+    except ImageLoadError as e:
+        return str(e).removeprefix(f"{e.path}: ")
+    return short_reason
+
+
+def iter_captions(encoder, decoder, vocab, paths, image_size, beam=1, max_len=DEFAULT_MAX_LEN, length_penalty=0.0,
+                  batch_size=32, num_workers=0, progress=True):
+    """Yield (path, caption, None) or (path, None, reason) for every path, in order, a batch at a time."""
+    dataset = ImageListDataset(paths, get_transform(train=False, image_size=image_size))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+    for images, index, failed in tqdm(loader, desc="captioning", unit="batch", leave=False,
+                                      disable=None if progress else True):  # None: only on a terminal
+        results = {i: (None, failure_reason(dataset.paths[i], reason)) for i, reason in failed}
+        if images is not None:
+            texts = caption_batch(encoder, decoder, vocab, images=images, beam=beam, max_len=max_len,
+                                  length_penalty=length_penalty)
+            results.update((int(i), (text, None)) for i, text in zip(index, texts))
+        for i in sorted(results):
+            yield (dataset.paths[i], *results[i])
+
+
+def caption_images(encoder, decoder, vocab, paths, image_size, beam=1, max_len=DEFAULT_MAX_LEN, length_penalty=0.0,
+                   batch_size=32, num_workers=0, progress=True):
+    """({path: caption} for the readable images, {path: reason} for the others), in the order given."""
+    captions, failures = {}, {}
+    for path, text, reason in iter_captions(encoder, decoder, vocab, paths, image_size, beam, max_len,
+                                            length_penalty, batch_size, num_workers, progress):
+        if reason is None:
+            captions[path] = text
+        else:
+            failures[path] = reason
+    return captions, failures
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Caption images with a trained Show-and-Tell checkpoint: one 'path<TAB>caption' line per "
+                    "image on stdout; unreadable files are named on stderr and make the exit code 1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER",
+                        help="image files (anything PIL opens) or folders of them (their own "
+                             f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files, sorted)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint file; None: best.pt of the newest run under --runs-dir")
+    parser.add_argument("--runs-dir", default="runs", help="where training runs live (for the default checkpoint)")
+    parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy decoding")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="longest caption, in words; None: the checkpoint's training max_len")
+    parser.add_argument("--length-penalty", type=float, default=0.0,
+                        help="GNMT length penalty alpha for beam search; 0 ranks by plain log-probability")
+    parser.add_argument("--batch-size", type=int, default=32, help="images decoded and captioned at once")
+    parser.add_argument("--num-workers", type=int, default=2, help="image-decoding processes")
+    parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
+    return parser.parse_args(argv)
+
+
+def one_line(error):
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.beam < 1 or args.batch_size < 1:
+            raise ValueError("--beam and --batch-size must be at least 1")
+        paths = image_files(args.images)
+        checkpoint = args.checkpoint or latest_checkpoint(args.runs_dir)
+        encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint, get_device(args.device))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
+    failed = 0
+    for path, text, reason in iter_captions(encoder, decoder, vocab, paths, ckpt["model_args"]["image_size"],
+                                            args.beam, checkpoint_max_len(ckpt, args.max_len),
+                                            args.length_penalty, args.batch_size, args.num_workers):
+        if reason is None:
+            tqdm.write(f"{path}\t{text}", file=sys.stdout)
+        else:
+            failed += 1
+            tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
+    if failed:
+        print(f"error: {failed} of {len(paths)} images could not be captioned (named above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
