@@ -177,6 +177,10 @@ class SkipReport:
     def details(self):
         return "; ".join(f"{r}: {', '.join(ex)}" for r, ex in self.examples.items())
 
+    def describe(self):
+        """The summary with up to 3 names per reason, e.g. '... 1 missing (missing: 3.jpg)': what gets printed."""
+        return self.summary() + (f" ({self.details()})" if self.skipped else "")
+
     def raise_if(self, strict):
         if strict and self.skipped:
             raise ValueError(f"{self.summary()} (strict mode). Examples: {self.details()}")
@@ -195,6 +199,13 @@ def load_coco(annotations_file, require_captions=True):
     missing = [k for k in ("images", "annotations") if not isinstance(data, dict) or not isinstance(data.get(k), list)]
     if missing and (require_captions or "images" in missing):
         raise ValueError(f"{path} lacks the COCO key(s) {missing}: it is not a COCO caption file")
+    # pycocotools indexes by these fields and would fail with a bare KeyError; say which entry lacks what.
+    for key, needed in (("images", ("id",)), ("annotations", ("id", "image_id"))):
+        for i, entry in enumerate(data.get(key) or []):
+            lacks = [f for f in needed if not isinstance(entry, dict) or f not in entry]
+            if lacks:
+                raise ValueError(f"{path}: {key}[{i}] has no {' or '.join(map(repr, lacks))} field, so it is not "
+                                 f"a well-formed COCO caption file (found {str(entry)[:80]})")
     coco = COCO()  # built from the dict we already parsed, so the file is read once
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints on every index
@@ -224,7 +235,7 @@ class CocoCaptionDataset(Dataset):
         self._index_captions()
         for report in (self.image_report, self.caption_report):
             if report.skipped:
-                print(f"{self.annotations_file.name}: {report.summary()}")
+                print(f"{self.annotations_file.name}: {report.describe()}")
             report.raise_if(strict)
         if len(self) == 0:
             raise ValueError(f"{self.annotations_file} gives no usable captions ({self.image_report.summary()}; "

