@@ -22,6 +22,8 @@ import os
 import random
 import sys
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,10 +34,12 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm.auto import tqdm
 
-from data_loader import (CocoCaptionDataset, ImageListDataset, LengthBatchSampler, collate_images, collate_skipping,
-                         default_vocab_file, find_split, get_transform, train_captions_file)
+from data_loader import (MAX_IMAGE_PIXELS, CocoCaptionDataset, ImageListDataset, ImageLoadError, LengthBatchSampler,
+                         collate_images, collate_skipping, default_vocab_file, find_split, get_transform, jpeg_header,
+                         load_image, tensor_eval_transform, train_captions_file)
 from evaluate import caption_metrics
 from model import CHECKPOINT_FORMAT, build_model, get_device, greedy_search, load_state, read_checkpoint, set_seed
 from vocabulary import Vocabulary, load_or_build_vocab
@@ -59,9 +63,9 @@ class TrainConfig:
     backbone: str = opt("mobilenet_v2", "torchvision CNN: mobilenet_v2 (offline after `make weights`), resnet50, ...")
     pretrained: bool = opt(True, "start from ImageNet weights (False: random weights, for tests)")
     train_backbone: bool = opt(False, "fine-tune the CNN too (no feature cache; much slower)")
-    grid: int = opt(2, "pool CNN features to a grid x grid layout; 1 is the seed's global average pool")
+    grid: int = opt(1, "pool CNN features to a grid x grid layout; 1 is the seed's global average pool")
     head_hidden: int = opt(0, "hidden units in the feature-to-embedding layer; 0 is the seed's single linear layer")
-    embed_norm: bool = opt(True, "LayerNorm on the image embedding, so it arrives at the word embeddings' scale")
+    embed_norm: bool = opt(False, "LayerNorm on the image embedding, so it arrives at the word embeddings' scale")
     embed_size: int = opt(100, "word and image embedding size")
     hidden_size: int = opt(512, "LSTM hidden units")
     num_layers: int = opt(1, "LSTM layers")
@@ -96,10 +100,14 @@ class TrainConfig:
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
 
-# Starting points for the CLI's --preset; any flag after it still wins.
+# Starting points for the CLI's --preset; any flag after it still wins. TrainConfig's own defaults are the
+# seed's model on the shapes data ("seed"). "shapes-cpu" is the demo recipe: the levers that made shapes
+# learnable in minutes on 2 CPU cores (README, Results): a larger image for the frozen CNN, a hidden layer
+# between features and embedding, LayerNorm on the image embedding, a smaller and faster LSTM.
 PRESETS = {
-    "shapes": {},
-    "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, grid=1, epochs=3, num_workers=8),
+    "seed": {},
+    "shapes-cpu": dict(image_size=192, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3, epochs=20),
+    "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 
 
@@ -131,30 +139,122 @@ def autocast(device):
 # ---------------------------------------------------------------------------------------------------
 # The feature cache
 # ---------------------------------------------------------------------------------------------------
+DECODERS = ("auto", "pil", "torch")
+
+
+def resolve_decode(decode, device):
+    """'torch' or 'pil'. auto: torchvision's decode_jpeg on CUDA (nvJPEG, batched on the GPU), PIL elsewhere,
+    where DataLoader worker processes decoding with PIL are as fast as libjpeg in one thread."""
+    if decode not in DECODERS:
+        raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
+    if decode == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "pil"
+    return decode
+
+
 @torch.inference_mode()
-def compute_features(encoder, files, image_size, device, batch_size=64, num_workers=2, desc="CNN features"):
+def compute_features(encoder, files, image_size, device, batch_size=None, num_workers=2, desc="CNN features",
+                     decode="auto"):
     """Pooled CNN features of image files with the evaluation transform.
 
+    decode: 'pil' reads and transforms images with PIL in `num_workers` DataLoader processes; 'torch' reads
+    bytes in `num_workers` threads, one batch ahead, decodes JPEGs with torchvision on `device` (nvJPEG on
+    CUDA) and resizes, crops and normalises there (data_loader.tensor_eval_transform); files it cannot take
+    (PNG, CMYK, truncated, ...) go through PIL as before. 'auto': torch on CUDA, pil elsewhere.
+    batch_size: images per CNN batch; default 256 on CUDA, 64 elsewhere.
     Returns (features (N, D) float16 on the CPU, ok (N,) bool, failures {file name: reason}). Unreadable
     images get ok=False and a zero row; callers skip them and say so.
     """
-    dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
-    features = torch.zeros(len(files), encoder.feature_size, dtype=torch.float16)
+    device = torch.device(device)
+    decode = resolve_decode(decode, device)
+    batch_size = batch_size or (256 if device.type == "cuda" else 64)
+    if decode == "torch":
+        batches = torch_decoded_batches(files, image_size, device, batch_size, num_workers)
+    else:
+        dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
+        batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+    # Kept on the device until the end: no host sync per batch (training moves them there anyway).
+    features = torch.zeros(len(files), encoder.feature_size, dtype=torch.float16, device=device)  # (N, D)
     ok = torch.zeros(len(files), dtype=torch.bool)
     failures = {}
     was_training = encoder.training
     encoder.eval()
-    for images, index, failed in tqdm(loader, desc=desc, unit="batch", leave=False):
+    for images, index, failed in tqdm(batches, desc=desc, unit="batch", leave=False,
+                                      total=math.ceil(len(files) / batch_size)):
         failures.update((Path(files[i]).name, reason) for i, reason in failed)
         if images is None:
             continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            features[index] = encoder.features(images).float().cpu().half()  # (B, D)
+            features[index.to(device)] = encoder.features(images).half()  # (B, D)
         ok[index] = True
     encoder.train(was_training)
-    return features, ok, failures
+    return features.cpu(), ok, failures
+
+
+def read_for_decode(path, image_size):
+    """Thread-pool work for the torch decoder: ('jpeg', uint8 bytes tensor) for a file it can decode; for
+    any other file PIL's result now, ('image', normalised (3, S, S) tensor) or ('failed', reason)."""
+    try:
+        data = Path(path).read_bytes()
+        header = jpeg_header(data)
+        if header is not None and header[2] in (1, 3) and 0 < header[0] * header[1] <= MAX_IMAGE_PIXELS:
+            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)  # (bytes,)
+    except OSError:
+        pass  # missing or unreadable: load_image names the reason
+    return pil_eval_item(path, image_size)
+
+
+def pil_eval_item(path, image_size):
+    """('image', get_transform(train=False)(load_image(path))) or ('failed', reason): the PIL fallback."""
+    try:
+        return "image", get_transform(train=False, image_size=image_size)(load_image(path))
+    except ImageLoadError as e:
+        return "failed", e.reason
+
+
+def decode_jpegs(data, device):
+    """decode_jpeg on a list of byte tensors, batched; if the batch fails, one by one. None where it fails."""
+    if not data:
+        return []
+    try:
+        return decode_jpeg(data, device=device, mode=ImageReadMode.RGB)
+    except RuntimeError:
+        pass
+    decoded = []
+    for d in data:
+        try:
+            decoded.append(decode_jpeg(d, device=device, mode=ImageReadMode.RGB))
+        except RuntimeError:
+            decoded.append(None)
+    return decoded
+
+
+def torch_decoded_batches(files, image_size, device, batch_size, num_workers, prefetch=2):
+    """(images (B, 3, S, S) on device or None, index (B,), [(index, reason), ...]) per batch of files, as the
+    DataLoader of collate_images gives them. Threads read the bytes of the next `prefetch` batches while the
+    device decodes and encodes this one."""
+    starts = range(0, len(files), batch_size)
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        submit = lambda s: [pool.submit(read_for_decode, files[i], image_size)
+                            for i in range(s, min(s + batch_size, len(files)))]
+        pending = deque(submit(s) for s in starts[:prefetch])
+        for k, start in enumerate(starts):
+            items = [f.result() for f in pending.popleft()]
+            if k + prefetch < len(starts):
+                pending.append(submit(starts[k + prefetch]))
+            jpeg_at = [j for j, (kind, _) in enumerate(items) if kind == "jpeg"]
+            for j, image in zip(jpeg_at, decode_jpegs([items[j][1] for j in jpeg_at], device)):
+                # nvJPEG or libjpeg refused a file its header looked fine for: PIL decides.
+                items[j] = ("decoded", image) if image is not None else pil_eval_item(files[start + j], image_size)
+            decoded = [j for j, (kind, _) in enumerate(items) if kind == "decoded"]
+            loaded = [j for j, (kind, _) in enumerate(items) if kind == "image"]
+            parts = [tensor_eval_transform([items[j][1] for j in decoded], image_size, device)] if decoded else []
+            if loaded:
+                parts.append(torch.stack([items[j][1] for j in loaded]).to(device, non_blocking=True))
+            failed = [(start + j, reason) for j, (kind, reason) in enumerate(items) if kind == "failed"]
+            index = torch.tensor([start + j for j in decoded + loaded], dtype=torch.long)
+            yield (torch.cat(parts) if parts else None), index, failed
 
 
 def cache_key(cfg, files):
@@ -274,12 +374,16 @@ class TrainingDiverged(RuntimeError):
 
 
 def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device, rank, loader=None):
-    """One pass over the training captions. Returns (mean loss, captions per second)."""
+    """One pass over the training captions. Returns (mean loss, captions per second).
+
+    Per-step losses stay on the device and are read only at log intervals and at the end of the epoch: a
+    `.item()` every step would make the CPU wait for the GPU at every step.
+    """
     model.train()
     sampler.set_epoch(epoch)
     from_features = split.features is not None
     batches = sampler.batches() if from_features else loader
-    total_loss, total_n, t0 = 0.0, 0, time.time()
+    losses, sizes, first_step, t0 = [], [], state["step"], time.time()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=rank != 0)
     for i, batch in enumerate(bar):
         if from_features:
@@ -293,23 +397,34 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
         with autocast(device):
             scores = model(inputs, captions, from_features)  # (B, T, V)
         loss = caption_loss(scores, captions)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()} at epoch {epoch + 1}, step {state['step'] + 1}; "
-                                   "training stopped and the last good checkpoint is kept. Try a lower --lr "
-                                   "or --grad-clip.")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         state["step"] += 1
-        total_loss += loss.item() * len(captions)
-        total_n += len(captions)
-        if rank == 0 and (i + 1) % cfg.log_every == 0:
-            mean = total_loss / total_n
-            tqdm.write(f"epoch {epoch + 1} step {i + 1}/{len(batches)}  loss {mean:.3f}  ppl {math.exp(mean):.2f}  "
-                       f"{total_n / (time.time() - t0):,.0f} captions/s")
-    return total_loss / max(total_n, 1), total_n / max(time.time() - t0, 1e-9)
+        losses.append(loss.detach())
+        sizes.append(len(captions))
+        if (i + 1) % cfg.log_every == 0:
+            mean = mean_loss(losses, sizes, first_step, epoch)
+            if rank == 0:
+                tqdm.write(f"epoch {epoch + 1} step {i + 1}/{len(batches)}  loss {mean:.3f}  ppl {math.exp(mean):.2f}"
+                           f"  {sum(sizes) / (time.time() - t0):,.0f} captions/s")
+    return mean_loss(losses, sizes, first_step, epoch), sum(sizes) / max(time.time() - t0, 1e-9)
+
+
+def mean_loss(losses, sizes, first_step, epoch):
+    """The caption-weighted mean of the step losses so far; TrainingDiverged names the first bad step."""
+    if not losses:
+        return float("nan")
+    values = torch.stack(losses).float().cpu()  # (steps,), one host sync
+    bad = torch.nonzero(~torch.isfinite(values))
+    if len(bad):
+        k = int(bad[0])
+        raise TrainingDiverged(f"loss became {values[k].item()} at epoch {epoch + 1}, step {first_step + k + 1}; "
+                               "training stopped and the last good checkpoint is kept. Try a lower --lr "
+                               "or --grad-clip.")
+    return float((values * torch.tensor(sizes, dtype=torch.float32)).sum() / sum(sizes))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -506,13 +621,36 @@ def train(cfg):
 
 
 def compile_or_eager(module):
-    """torch.compile when it works here; otherwise the module as it was, with a note."""
+    """torch.compile the module's forward in place when it works here; otherwise eager, with a one-line note.
+
+    torch.compile() itself rarely fails: compiling happens at the first call (and again at a new shape), which
+    is where a missing C compiler or an unsupported op shows. So every call of the compiled forward is guarded:
+    the first one that raises switches the module back to eager for good, with a note, and is run again
+    eagerly (an error eager code raises too still surfaces). The module object is returned unchanged: its
+    state_dict keys, methods (start, step, for decoding) and checkpoints are those of the eager module.
+    """
+    eager = module.forward
     try:
-        compiled = torch.compile(module)
-        return compiled
+        compiled = torch.compile(eager)
     except Exception as e:  # compile is an optimisation, never a reason to stop training
-        print(f"torch.compile failed ({type(e).__name__}: {e}); training without it")
+        print(f"torch.compile failed ({type(e).__name__}: {first_line(e)}); training without it")
         return module
+
+    def forward(*args, **kwargs):
+        try:
+            return compiled(*args, **kwargs)
+        except Exception as e:
+            print(f"torch.compile failed at run time ({type(e).__name__}: {first_line(e)}); training without it")
+            module.forward = eager  # later calls go straight to eager code
+            return eager(*args, **kwargs)
+
+    module.forward = forward
+    return module
+
+
+def first_line(error):
+    """An exception's first non-empty line: compiler errors run to pages."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), "")
 
 
 def save_run_files(run_dir, cfg, vocab):
@@ -562,7 +700,7 @@ def read_metrics(run_dir):
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Train a Show-and-Tell captioner.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="shapes",
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="seed",
                         help="a starting set of defaults; flags after it override")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")

@@ -42,7 +42,7 @@ def checkpoint(tiny_shapes, tmp_path_factory, one_thread):
     # Global pooling and a single linear head: in 40 epochs this model learns to look at the image, so its
     # captions differ from image to image and a caption given to the wrong image shows.
     cfg = tiny_train_config(tiny_shapes, tmp_path_factory.mktemp("inference"), epochs=40, save_every=40, grid=1,
-                            head_hidden=0)
+                            head_hidden=0, lr=3e-3)
     return train(cfg) / "best.pt"
 
 
@@ -286,7 +286,7 @@ def test_caption_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
 
 
 def test_sample_images_are_small_photos():
-    photos = [p for p in (REPO_ROOT / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    photos = [p for p in (REPO_ROOT / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg")]
     assert 2 <= len(photos) <= 5
     for p in photos:
         assert p.stat().st_size < 60_000 and load_image(p).width <= 320

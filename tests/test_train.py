@@ -16,7 +16,7 @@ from train import TrainConfig, cached_features, read_metrics, train
 
 def test_tiny_shapes_is_learned_to_object_f1_one(tiny_run):
     rows = read_metrics(tiny_run)
-    assert len(rows) == 40
+    assert len(rows) == 70
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 2
     assert max(r["object_f1"] for r in rows) == 1.0
     assert {"config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in tiny_run.iterdir()}
@@ -125,6 +125,7 @@ def test_cli_help_lists_every_field_with_its_default():
         flag = "--" + field.name.replace("_", "-")
         assert flag in done.stdout, flag
     assert "(default: 128)" in done.stdout and "(default: 'mobilenet_v2')" in done.stdout
+    assert "shapes-cpu" in done.stdout
 
 
 def test_cli_reports_a_missing_data_root_in_one_line(tmp_path):
