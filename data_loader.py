@@ -52,10 +52,12 @@ class ImageLoadError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def load_image(path):
-    """Open any image PIL reads as 8-bit RGB: grayscale, CMYK, palette, 16-bit and RGBA (over white).
+@contextlib.contextmanager
+def open_image(path):
+    """PIL's Image.open with this project's checks: the file exists, and it is not a decompression bomb.
 
-    Raises ImageLoadError for a missing file, an unreadable or truncated one, and a decompression bomb.
+    Any failure inside the block, opening or decoding, becomes an ImageLoadError with a reason: 'missing',
+    'unreadable' (also truncated files) or 'too large'.
     """
     path = Path(path)
     if not path.is_file():
@@ -66,14 +68,23 @@ def load_image(path):
             with Image.open(path) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise ImageLoadError(path, "too large", f"{img.width}x{img.height} pixels")
-                img.load()
-                return to_rgb(img)
+                yield img
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(path, "too large", str(e)) from None
     except (OSError, ValueError, SyntaxError) as e:  # PIL's ways of saying "not an image I can decode"
         raise ImageLoadError(path, "unreadable", str(e) or type(e).__name__) from None
+
+
+def load_image(path):
+    """Open any image PIL reads as 8-bit RGB: grayscale, CMYK, palette, 16-bit and RGBA (over white).
+
+    Raises ImageLoadError for a missing file, an unreadable or truncated one, and a decompression bomb.
+    """
+    with open_image(path) as img:
+        img.load()
+        return to_rgb(img)
 
 
 def to_rgb(img):
@@ -92,20 +103,8 @@ def to_rgb(img):
 
 def check_image_header(path):
     """Cheap check (header only, no decoding) that a file exists and is an image of sane size."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageLoadError(path, "missing")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageLoadError(path, "too large", str(e)) from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageLoadError(path, "unreadable", str(e) or type(e).__name__) from None
-    if w * h > MAX_IMAGE_PIXELS:
-        raise ImageLoadError(path, "too large", f"{w}x{h} pixels")
+    with open_image(path):
+        pass
 
 
 def get_transform(train, image_size=DEFAULT_IMAGE_SIZE, hflip=True):
@@ -122,6 +121,76 @@ def get_transform(train, image_size=DEFAULT_IMAGE_SIZE, hflip=True):
     if hflip:
         steps.append(transforms.RandomHorizontalFlip())
     return transforms.Compose(steps + normalise)
+
+
+def tensor_eval_transform(images, image_size=DEFAULT_IMAGE_SIZE, device=None):
+    """get_transform(train=False) for decoded uint8 tensors, on any device: the GPU feature cache's transform.
+
+    images: a uint8 tensor (3, H, W) or (B, 3, H, W), or a list of (3, H, W) tensors of any sizes (1-channel
+    grey is repeated to RGB). Same steps as the PIL transform: the shorter side resized to image_size
+    (bilinear, antialiased; the longer side truncated as torchvision does), a centre crop, ImageNet
+    normalisation. Images of one size are resized together. Returns (B, 3, image_size, image_size) float32 on
+    `device` (default: the images' own). It differs from the PIL transform only by PIL's rounding of the
+    resized image to 8 bits: tests/test_fast_path.py measures the gap.
+    """
+    if torch.is_tensor(images):
+        images = list(images) if images.dim() == 4 else [images]
+    device = torch.device(device) if device is not None else (images[0].device if images else torch.device("cpu"))
+    # Host-to-device copies with non_blocking=True: a blocking one would wait for all queued GPU work.
+    mean = (torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255).to(device, non_blocking=True)
+    std = (torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255).to(device, non_blocking=True)
+    out = torch.empty(len(images), 3, image_size, image_size, device=device)  # (B, 3, S, S)
+    by_size = {}
+    for i, img in enumerate(images):
+        by_size.setdefault(tuple(img.shape[-2:]), []).append(i)
+    for (h, w), members in by_size.items():
+        x = torch.stack([images[i].to(device, non_blocking=True) for i in members]).float()  # (b, C, h, w)
+        x = x.expand(-1, 3, -1, -1) if x.size(1) == 1 else x
+        short, long = min(h, w), max(h, w)
+        new_long = int(image_size * long / short)  # torchvision's Resize(int) rule
+        new_h, new_w = (new_long, image_size) if w <= h else (image_size, new_long)
+        if (new_h, new_w) != (h, w):
+            x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False,
+                                                antialias=True)  # (b, 3, new_h, new_w)
+        top, left = int(round((new_h - image_size) / 2.0)), int(round((new_w - image_size) / 2.0))  # CenterCrop's
+        x = x[:, :, top:top + image_size, left:left + image_size]  # (b, 3, S, S)
+        out[torch.tensor(members).to(device, non_blocking=True)] = (x - mean) / std
+    return out
+
+
+JPEG_FRAME_MARKERS = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman: what nvJPEG decodes
+
+
+def jpeg_header(data):
+    """(height, width, components) from a JPEG's frame header when a GPU decoder can take the file, else None.
+
+    None for anything that is not a plain 8-bit Huffman JPEG ending in its end-of-image marker: PNGs and other
+    formats, arithmetic-coded or 12-bit JPEGs, files cut short (PIL must name them 'unreadable', never
+    half-decode them). Callers send those to load_image, as they do CMYK files (4 components). Reads only
+    the headers, never the image data.
+    """
+    if data[:2] != b"\xff\xd8" or data.rstrip(b"\x00\r\n ")[-2:] != b"\xff\xd9":
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            i += 2
+            continue
+        if marker == 0xDA or (0xC3 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)):
+            return None  # image data before any frame header, or a frame kind left to PIL
+        if marker in JPEG_FRAME_MARKERS:
+            if i + 10 > len(data) or data[i + 4] != 8:  # cut short, or not 8 bits per sample
+                return None
+            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return height, width, data[i + 9]
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -143,8 +143,8 @@ DECODERS = ("auto", "pil", "torch")
 
 
 def resolve_decode(decode, device):
-    """'torch' or 'pil'. auto: torchvision's decode_jpeg on CUDA (nvJPEG, batched on the GPU), PIL elsewhere,
-    where DataLoader worker processes decoding with PIL are as fast as libjpeg in one thread."""
+    """'torch' or 'pil'. auto: torchvision's decode_jpeg on CUDA (nvJPEG, batched on the GPU); PIL elsewhere,
+    where the CNN dominates and PIL worker processes decode beside it (bench/gpu.py: the same speed on a CPU)."""
     if decode not in DECODERS:
         raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
     if decode == "auto":
@@ -158,7 +158,7 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
     """Pooled CNN features of image files with the evaluation transform.
 
     decode: 'pil' reads and transforms images with PIL in `num_workers` DataLoader processes; 'torch' reads
-    bytes in `num_workers` threads, one batch ahead, decodes JPEGs with torchvision on `device` (nvJPEG on
+    bytes in `num_workers` threads, two batches ahead, decodes JPEGs with torchvision on `device` (nvJPEG on
     CUDA) and resizes, crops and normalises there (data_loader.tensor_eval_transform); files it cannot take
     (PNG, CMYK, truncated, ...) go through PIL as before. 'auto': torch on CUDA, pil elsewhere.
     batch_size: images per CNN batch; default 256 on CUDA, 64 elsewhere.
@@ -186,7 +186,7 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
             continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            features[index.to(device)] = encoder.features(images).half()  # (B, D)
+            features[index.to(device, non_blocking=True)] = encoder.features(images).half()  # (B, D)
         ok[index] = True
     encoder.train(was_training)
     return features.cpu(), ok, failures
@@ -219,13 +219,17 @@ def decode_jpegs(data, device):
         return []
     try:
         return decode_jpeg(data, device=device, mode=ImageReadMode.RGB)
-    except RuntimeError:
+    except torch.cuda.OutOfMemoryError:
+        raise  # a smaller batch_size helps; PIL would not
+    except Exception:  # a file nvJPEG refuses, or a torchvision without batched decoding (< 0.19)
         pass
     decoded = []
     for d in data:
         try:
             decoded.append(decode_jpeg(d, device=device, mode=ImageReadMode.RGB))
-        except RuntimeError:
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception:
             decoded.append(None)
     return decoded
 
@@ -258,7 +262,14 @@ def torch_decoded_batches(files, image_size, device, batch_size, num_workers, pr
 
 
 def cache_key(cfg, files):
-    """What the cached features depend on: backbone, weights, image size, grid and the exact files."""
+    """What the cached features depend on: backbone, weights, image size, grid and the exact files.
+
+    Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
+    reused the other. Measured on the CPU (tests/test_fast_path.py), the two pipelines' features differ less
+    than those of an image and itself plus invisible noise (half an 8-bit level): 1 - cosine 2e-7 for
+    ResNet-50 at 224 px, 3e-4 at worst for MobileNetV2 at 64 px. bench/gpu.py reports the GPU's figure
+    (features_min_cosine_torch_vs_pil); should nvJPEG ever differ materially, add the pipeline here.
+    """
     files_desc = [[f"{Path(f).parent.name}/{Path(f).name}", Path(f).stat().st_size if Path(f).exists() else -1]
                   for f in files]
     blob = json.dumps({"backbone": cfg.backbone, "weights": str(cfg.pretrained), "image_size": cfg.image_size,

@@ -1,0 +1,274 @@
+"""The fast GPU path, tested on the CPU: the tensor transform, torch decoding with its PIL fallback, the
+torch.compile guard and bench/gpu.py. CUDA runs the same functions (decode_jpeg with device='cuda')."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+import model as model_mod
+import train as train_mod
+from conftest import REPO_ROOT, tiny_train_config
+from data_loader import get_transform, jpeg_header, load_image, tensor_eval_transform
+
+# torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and are what this tests.
+pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
+ONE_LEVEL = 1 / 255 / min((0.229, 0.224, 0.225))  # one 8-bit grey level after normalisation: 0.0175
+
+
+def photo(path, width, height, seed=0, mode="RGB", **save):
+    """A smooth, noisy, photo-like image of the given size, saved in the given mode."""
+    rng = np.random.default_rng(seed)
+    low = Image.fromarray((rng.random((height // 8 + 1, width // 8 + 1, 3)) * 255).astype(np.uint8))
+    pixels = np.asarray(low.resize((width, height), Image.BICUBIC), dtype=np.float32)
+    pixels = np.clip(pixels + rng.normal(0, 10, pixels.shape), 0, 255).astype(np.uint8)  # (H, W, 3)
+    Image.fromarray(pixels).convert(mode).save(path, **save)
+    return path
+
+
+def pil_eval(path, size):
+    return get_transform(train=False, image_size=size)(load_image(path))  # (3, S, S)
+
+
+def torch_eval(path, size):
+    return tensor_eval_transform(decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB), size)[0]  # (3, S, S)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tensor transform against the PIL one
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [48, 64])  # 64 px shapes images: 48 resizes, 64 is the identity resize
+def test_tensor_transform_matches_pil_on_shapes_images(tiny_shapes, size):
+    files = sorted((tiny_shapes / "train2017").glob("*.jpg"))[:16]
+    diff = torch.stack([(pil_eval(f, size) - torch_eval(f, size)).abs() for f in files])  # (16, 3, S, S)
+    assert diff.shape == (16, 3, size, size)
+    # Measured: mean 0.0031 and max 0.0175 (one 8-bit level: PIL rounds the resized image) at 48 px; ~1e-7 at 64.
+    assert diff.mean() < 0.01 and diff.max() < ONE_LEVEL * 1.05
+
+
+@pytest.mark.parametrize("width,height,size", [(640, 427, 96), (427, 640, 96), (333, 500, 224)])
+def test_tensor_transform_matches_pil_on_non_square_images(tmp_path, width, height, size):
+    path = photo(tmp_path / "photo.jpg", width, height, quality=90)
+    expected, got = pil_eval(path, size), torch_eval(path, size)
+    assert got.shape == expected.shape == (3, size, size)
+    diff = (expected - got).abs()
+    # Measured at 640x427 -> 96 px: mean 0.0046, max 0.0140; at 224 px: mean 0.0048, max 0.0167.
+    assert diff.mean() < 0.01 and diff.max() < ONE_LEVEL * 1.05
+
+
+def test_tensor_transform_batches_mixed_sizes_in_order(tmp_path, tiny_shapes):
+    paths = [photo(tmp_path / "a.jpg", 640, 427, seed=1), next((tiny_shapes / "val2017").glob("*.jpg")),
+             photo(tmp_path / "b.jpg", 427, 640, seed=2), photo(tmp_path / "c.jpg", 640, 427, seed=3)]
+    decoded = [decode_jpeg(read_file(str(p)), mode=ImageReadMode.RGB) for p in paths]
+    together = tensor_eval_transform(decoded, 56)  # (4, 3, 56, 56); the two 640x427 images resized together
+    alone = torch.cat([tensor_eval_transform(d, 56) for d in decoded])
+    assert together.shape == (4, 3, 56, 56) and torch.allclose(together, alone, atol=1e-5)
+    grey = tensor_eval_transform(decoded[0][:1], 56)  # one channel is repeated to three
+    assert torch.allclose(grey[0, 0] * 0.229 + 0.485, grey[0, 2] * 0.225 + 0.406, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Which files go to the GPU decoder
+# ---------------------------------------------------------------------------------------------------
+def test_jpeg_header_takes_plain_jpegs_and_leaves_the_rest_to_pil(tmp_path):
+    rgb = photo(tmp_path / "rgb.jpg", 64, 48).read_bytes()
+    assert jpeg_header(rgb) == (48, 64, 3)
+    assert jpeg_header(photo(tmp_path / "grey.jpg", 64, 48, mode="L").read_bytes()) == (48, 64, 1)
+    assert jpeg_header(photo(tmp_path / "prog.jpg", 64, 48, progressive=True).read_bytes()) == (48, 64, 3)
+    assert jpeg_header(photo(tmp_path / "cmyk.jpg", 64, 48, mode="CMYK").read_bytes())[2] == 4  # caller: PIL
+    for other in (photo(tmp_path / "x.png", 64, 48).read_bytes(), rgb[: len(rgb) // 2], b"", b"\xff\xd8\xff\xd9",
+                  b"not an image at all"):
+        assert jpeg_header(other) is None
+
+
+def test_decode_auto_means_torch_on_cuda_only():
+    assert train_mod.resolve_decode("auto", torch.device("cpu")) == "pil"
+    assert train_mod.resolve_decode("auto", torch.device("cuda")) == "torch"
+    assert train_mod.resolve_decode("torch", "cpu") == "torch"
+    with pytest.raises(ValueError, match="decode must be one of"):
+        train_mod.resolve_decode("nvjpeg", "cpu")
+
+
+# ---------------------------------------------------------------------------------------------------
+# compute_features: torch decoding against PIL, with fallbacks and failures in the same batches
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def mixed_files(tiny_shapes, tmp_path_factory):
+    """Good JPEGs (64 px shapes images; photo-like ones of other sizes, one grey, one progressive) with a PNG,
+    a CMYK JPEG, a truncated JPEG, a non-image named .jpg and a missing file among them."""
+    folder = tmp_path_factory.mktemp("mixed")
+    shapes = sorted((tiny_shapes / "train2017").glob("*.jpg"))[:4]
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(shapes[0].read_bytes()[:600])
+    garbage = folder / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8 this is not a JPEG " * 20 + b"\xff\xd9")
+    return [shapes[0], photo(folder / "drawing.png", 96, 96, seed=1), photo(folder / "cmyk.jpg", 120, 160, seed=2,
+            mode="CMYK"), photo(folder / "wide.jpg", 200, 100, seed=3, quality=90), shapes[1], truncated,
+            photo(folder / "grey.jpg", 160, 120, seed=4, mode="L"), photo(folder / "tall.jpg", 333, 500, seed=5),
+            shapes[2], folder / "missing.jpg", photo(folder / "prog.jpg", 160, 120, seed=6, progressive=True),
+            garbage, shapes[3], photo(folder / "photo.jpg", 640, 480, seed=7)]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    enc, _ = model_mod.build_model(dict(embed_size=8, hidden_size=8, vocab_size=5, backbone="mobilenet_v2",
+                                        pretrained=True, grid=2))
+    return enc.to(memory_format=torch.channels_last)
+
+
+def test_torch_decoding_gives_pil_features_and_the_same_failures(mixed_files, encoder, monkeypatch):
+    through_pil = []
+    real_load_image = train_mod.load_image
+
+    def counting_load_image(path):
+        through_pil.append(path.name if hasattr(path, "name") else str(path))
+        return real_load_image(path)
+
+    pil, pil_ok, pil_failures = train_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4,
+                                                           num_workers=0, decode="pil")
+    monkeypatch.setattr(train_mod, "load_image", counting_load_image)
+    got, ok, failures = train_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4, num_workers=2,
+                                                   decode="torch")
+    assert failures == pil_failures == {"truncated.jpg": "unreadable", "garbage.jpg": "unreadable",
+                                        "missing.jpg": "missing"}
+    assert torch.equal(ok, pil_ok) and int(ok.sum()) == len(mixed_files) - 3
+    # The PNG, the CMYK JPEG and the bad files went through PIL (load_image); the plain JPEGs did not.
+    assert sorted(through_pil) == ["cmyk.jpg", "drawing.png", "garbage.jpg", "missing.jpg", "truncated.jpg"]
+    assert got.dtype == torch.float16 and got.device.type == "cpu" and got.shape == pil.shape
+    assert not got[~ok].any()
+    cosine = torch.nn.functional.cosine_similarity(got[ok].float(), pil[ok].float(), dim=1)  # (ok images,)
+    print(f"torch vs PIL decoding, features at 64 px: min cosine {cosine.min():.6f}")
+    assert cosine.min() > 0.999  # measured: 0.9998 (the photos, resized); the 64 px shapes images ~1.0
+
+
+def test_an_image_the_gpu_decoder_refuses_goes_to_pil(mixed_files, encoder, monkeypatch):
+    """nvJPEG may refuse a file whose header looked fine (a rare subsampling, say): the batch is retried one
+    image at a time and the refused image is loaded by PIL, still counted as ok."""
+    files = [f for f in mixed_files if f.exists() and (jpeg_header(f.read_bytes()) or (0, 0, 0))[2] in (1, 3)][:5]
+    refused = files[2].read_bytes()
+    real_decode = train_mod.decode_jpeg
+    calls = []
+
+    def picky_decode(data, **kwargs):
+        calls.append("batch" if isinstance(data, list) else "one")
+        if isinstance(data, list) or data.numpy().tobytes() == refused:
+            raise RuntimeError("nvjpeg: unsupported")
+        return real_decode(data, **kwargs)
+
+    expected, expected_ok, _ = train_mod.compute_features(encoder, files, 48, "cpu", batch_size=8, num_workers=0,
+                                                          decode="pil")
+    monkeypatch.setattr(train_mod, "decode_jpeg", picky_decode)
+    got, ok, failures = train_mod.compute_features(encoder, files, 48, "cpu", batch_size=8, num_workers=1,
+                                                   decode="torch")
+    assert calls[0] == "batch" and calls.count("one") == 5
+    assert failures == {} and torch.equal(ok, expected_ok)
+    cosine = torch.nn.functional.cosine_similarity(got[ok].float(), expected[ok].float(), dim=1)
+    assert cosine.min() > 0.999
+    assert torch.allclose(got[2].float(), expected[2].float(), rtol=1e-2, atol=1e-2)  # this one: PIL both ways
+
+
+# ---------------------------------------------------------------------------------------------------
+# The torch.compile guard
+# ---------------------------------------------------------------------------------------------------
+def raising_compile(fn, *args, **kwargs):
+    """What torch.compile looks like where compiling fails: fine to call, failing at the first use."""
+    def compiled(*a, **k):
+        raise RuntimeError("InductorError: no working C++ compiler found\n(a long trace)")
+    return compiled
+
+
+def test_compile_guard_falls_back_at_the_first_failing_call(monkeypatch, capsys):
+    monkeypatch.setattr(torch, "compile", raising_compile)
+    decoder = model_mod.DecoderRNN(8, 16, 11)
+    keys = list(decoder.state_dict())
+    features, captions = torch.randn(3, 8), torch.randint(0, 11, (3, 5))
+    expected = decoder(features, captions)
+    assert train_mod.compile_or_eager(decoder) is decoder
+    assert torch.equal(decoder(features, captions), expected)
+    assert torch.equal(decoder(features, captions), expected)
+    out = capsys.readouterr().out
+    assert out.count("torch.compile failed") == 1 and "no working C++ compiler found); training without it" in out
+    assert list(decoder.state_dict()) == keys  # checkpoints keep the eager module's keys
+
+
+def test_compile_guard_uses_the_compiled_forward_when_it_works(monkeypatch, capsys):
+    used = []
+
+    def working_compile(fn, *args, **kwargs):
+        def compiled(*a, **k):
+            used.append(1)
+            return fn(*a, **k)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", working_compile)
+    decoder = model_mod.DecoderRNN(8, 16, 11)
+    keys = list(decoder.state_dict())
+    train_mod.compile_or_eager(decoder)(torch.randn(2, 8), torch.randint(0, 11, (2, 4)))
+    assert used == [1] and list(decoder.state_dict()) == keys and capsys.readouterr().out == ""
+
+    def broken_compile(fn, *args, **kwargs):
+        raise RuntimeError("compile is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fresh = model_mod.DecoderRNN(8, 16, 11)
+    assert train_mod.compile_or_eager(fresh) is fresh and "forward" not in vars(fresh)
+    assert "torch.compile failed (RuntimeError: compile is not supported" in capsys.readouterr().out
+
+
+def test_training_with_compile_completes_when_compiling_fails(tiny_shapes, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch, "compile", raising_compile)
+    cfg = tiny_train_config(tiny_shapes, tmp_path, epochs=2, compile=True, save_every=1, hidden_size=32,
+                            embed_size=16, head_hidden=0)
+    run_dir = train_mod.train(cfg)
+    assert capsys.readouterr().out.count("torch.compile failed at run time") == 1
+    assert [m["epoch"] for m in train_mod.read_metrics(run_dir)] == [1, 2]
+    encoder, decoder, vocab, ckpt = model_mod.load_checkpoint(run_dir / "last.pt")  # no _orig_mod. keys
+    assert ckpt["epoch"] == 2
+
+
+# ---------------------------------------------------------------------------------------------------
+# bench/gpu.py on a CPU
+# ---------------------------------------------------------------------------------------------------
+def test_gpu_bench_runs_on_cpu_and_writes_its_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO_ROOT / "bench" / "gpu.py"), "--small", "--device", "cpu", "--threads", "1",
+           "--images", "12", "--captions", "96", "--pool", "4", "--pil-images", "4", "--cache-batch", "4",
+           "--backbone", "mobilenet_v2", "--image-size", "64", "--batch-size", "32", "--vocab", "60",
+           "--decode-images", "12", "--decode-batch", "8", "--seed-batch", "4", "--seed-steps", "1",
+           "--work-dir", str(tmp_path / "work"), "--json", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r = json.loads(out.read_text())
+    assert r["device_type"] == "cpu" and r["device"]
+    assert r["workload"]["images"] == 12 and r["workload"]["captions"] == 96 and r["workload"]["pool"] == 4
+    figures = {"cache_build": ["torch_decode_img_s", "pil_img_s", "speedup"],
+               "epoch": ["seconds", "captions_per_s", "lr"], "captioning": ["greedy_img_s", "beam3_img_s"],
+               "seed_loop": ["img_s"], "epoch_time": ["seed_s", "first_s", "later_s", "seed_vs_first"]}
+    for section, keys in figures.items():
+        for key in keys:
+            assert r[section][key] > 0, (section, key)
+    assert r["epoch"]["captions"] == 96 and r["epoch"]["batch_size"] == 32
+    assert r["epoch"]["lr"] == pytest.approx(1e-3 * (32 / 128) ** 0.5)
+    assert r["cache_build"]["features_min_cosine_torch_vs_pil"] > 0.999
+    assert "cache build, torch decode" in done.stdout and "seed loop" in done.stdout
+
+
+def test_decoding_gap_is_below_invisible_noise(tiny_shapes, encoder):
+    """Why the feature cache is not keyed by decoder: the features of the two pipelines differ less than those
+    of one image and itself plus Gaussian noise of half an 8-bit grey level (invisible). On these flat shapes
+    images at 48 px the network is touchy (measured mean 1 - cosine: decoding 0.002, noise 0.02); on photo-like
+    images and ResNet-50 at 224 px both gaps are ~1e-7 (bench/gpu.py reports the GPU's)."""
+    files = sorted((tiny_shapes / "val2017").glob("*.jpg"))[:12]
+    pil = torch.stack([pil_eval(f, 48) for f in files])  # (12, 3, 48, 48)
+    tensor = torch.stack([torch_eval(f, 48) for f in files])
+    noisy = pil + torch.randn(pil.shape, generator=torch.Generator().manual_seed(0)) * (0.5 / 255 / 0.226)
+    with torch.inference_mode():
+        reference, decoded, jittered = (encoder.eval().features(x) for x in (pil, tensor, noisy))  # (12, D)
+    decoding_gap = 1 - torch.nn.functional.cosine_similarity(reference, decoded)  # (12,)
+    noise_gap = 1 - torch.nn.functional.cosine_similarity(reference, jittered)
+    print(f"mean 1 - cosine: decoding {decoding_gap.mean():.2e}, half-level noise {noise_gap.mean():.2e}")
+    assert decoding_gap.mean() < 0.5 * noise_gap.mean()
