@@ -328,9 +328,12 @@ class Split:
     features: torch.Tensor = None  # (images, D) float16, None when the backbone is trained
     usable: np.ndarray = None  # caption indices whose image is usable
 
-    def batch(self, index):
-        """Captions (B, L) of one length and their image features (B, D) in float32."""
-        L = int(self.lengths[index[0]])
+    def batch(self, index, length=None):
+        """Captions (B, length) of one length and their image features (B, D) in float32.
+
+        Pass `length` when it is known on the host: reading it from a GPU tensor would wait for the GPU.
+        """
+        L = int(self.lengths[index[0]]) if length is None else length
         feats = self.features[self.caption_image[index]].float() if self.features is not None else None
         return self.tokens[index, :L], feats
 
@@ -394,12 +397,15 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
     sampler.set_epoch(epoch)
     from_features = split.features is not None
     batches = sampler.batches() if from_features else loader
+    if from_features and batches:  # the epoch's caption order goes to the device once: no copy per step
+        order = torch.as_tensor(split.usable[np.concatenate(batches)], device=device)  # (captions,)
+        bounds = np.cumsum([0] + [len(b) for b in batches])
     losses, sizes, first_step, t0 = [], [], state["step"], time.time()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=rank != 0)
     for i, batch in enumerate(bar):
         if from_features:
-            index = torch.as_tensor(split.usable[batch], device=device)
-            captions, inputs = split.batch(index)
+            index = order[bounds[i]:bounds[i + 1]]  # (B,)
+            captions, inputs = split.batch(index, int(sampler.lengths[batch[0]]))
         elif batch is None:  # every image of this batch failed to decode; each was named in a warning
             continue
         else:
