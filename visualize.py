@@ -1,4 +1,6 @@
-"""Figures shared by the notebooks and the README: captioned image grids and training curves."""
+"""Figures and tables shared by the notebooks, the README and `make demo`: captioned image grids, training curves,
+dataset statistics, transforms, the architecture diagram, and the demo's closing summary."""
+import json
 import math
 import textwrap
 from pathlib import Path
@@ -20,8 +22,9 @@ def caption_grid(images, captions, ncols=4, cell_inches=3.0, wrap=CAPTION_WRAP, 
     ncols = max(1, min(ncols, n))
     nrows = max(1, math.ceil(n / ncols))
     lines = max((len(_wrap(c, wrap)) for c in captions), default=1)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * cell_inches, nrows * (cell_inches + 0.17 * lines)),
-                             squeeze=False)
+    title_inches = 0.3 * len(str(title).splitlines()) if title else 0.0
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False,
+                             figsize=(ncols * cell_inches, nrows * (cell_inches + 0.2 * lines) + title_inches))
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, image, caption in zip(axes.flat, images, captions):
@@ -65,3 +68,273 @@ def _open(image):
         from data_loader import load_image
         return load_image(image)
     return image
+
+
+# ---------------------------------------------------------------------------------------------------
+# Figures and tables for the notebooks
+# ---------------------------------------------------------------------------------------------------
+def markdown_table(rows, columns=None):
+    """A list of dicts (or lists, with `columns`) as a Markdown table that Jupyter renders."""
+    from IPython.display import Markdown
+
+    if rows and isinstance(rows[0], dict):
+        columns = columns or list(rows[0])
+        rows = [[r.get(c, "") for c in columns] for r in rows]
+    lines = ["| " + " | ".join(map(_cell, columns)) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(map(_cell, row)) + " |" for row in rows]
+    return Markdown("\n".join(lines))
+
+
+def _cell(value):
+    """One table cell: thousands separators, 4 significant digits for small floats, '|' escaped."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value).replace("|", "\\|").replace("\n", " ")
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
+def coco_samples(coco, image_dir, n=8, seed=0, captions_per_image=5, bullet="- "):
+    """(image paths, caption texts) of n images drawn at random from a pycocotools COCO index.
+
+    Each text holds the image's first `captions_per_image` captions, one per line after `bullet`, ready for
+    caption_grid.
+    """
+    import numpy as np
+
+    ids = sorted(coco.imgs)
+    ids = [ids[i] for i in sorted(np.random.default_rng(seed).choice(len(ids), min(n, len(ids)), replace=False))]
+    paths = [Path(image_dir) / coco.imgs[i]["file_name"] for i in ids]
+    texts = ["\n".join(bullet + a["caption"].strip() for a in coco.imgToAnns[i][:captions_per_image]) for i in ids]
+    return paths, texts
+
+
+def caption_length_histogram(lengths_by_split):
+    """Caption lengths in words, one outline per split, as shares of the split (splits differ in size)."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    top = max((max(v) for v in lengths_by_split.values() if len(v)), default=1)
+    bins = [b - 0.5 for b in range(1, top + 2)]  # one bin per word count
+    for split, lengths in lengths_by_split.items():
+        weights = [1 / len(lengths)] * len(lengths)
+        ax.hist(lengths, bins=bins, weights=weights, histtype="step", linewidth=1.8, label=split)
+    ax.set_xlabel("caption length (words)")
+    ax.set_ylabel("share of the split's captions")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def word_frequency_chart(counts, top=25, threshold=None):
+    """Horizontal bars of the `top` most frequent words of a Counter; a line marks a vocabulary threshold."""
+    words = counts.most_common(top)[::-1]  # most frequent at the top
+    fig, ax = plt.subplots(figsize=(7, 0.22 * len(words) + 1))
+    ax.barh([w for w, _ in words], [c for _, c in words], color="tab:blue")
+    if threshold:
+        ax.axvline(threshold, color="tab:red", linestyle="--", label=f"vocab_threshold = {threshold}")
+        ax.legend(loc="lower right")
+    ax.set_xlabel("occurrences in the training captions")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_title(f"the {len(words)} most frequent words")
+    fig.tight_layout()
+    return fig
+
+
+def denormalize(image):
+    """A normalised image tensor (3, H, W) back to displayable pixels (H, W, 3) in [0, 1]."""
+    import torch
+    from data_loader import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (image.detach().cpu().float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, 3)
+
+
+def transform_figure(image, eval_transform, train_transform, n_train=3, seed=0):
+    """An image before and after the evaluation transform and `n_train` draws of the random training one."""
+    import torch
+
+    torch.manual_seed(seed)  # the training transform is random: fixed draws make the figure reproducible
+    panels = [(image, f"original {image.width}x{image.height}")]
+    after = eval_transform(image)  # (3, S, S)
+    panels.append((denormalize(after), f"evaluation {tuple(after.shape)}"))
+    for k in range(n_train):
+        after = train_transform(image)
+        panels.append((denormalize(after), f"training draw {k + 1}"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels), 2.9), squeeze=False)
+    for ax, (pixels, title) in zip(axes.flat, panels):
+        ax.imshow(pixels)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280, grid=1, head_hidden=0,
+                         embed_size=100, hidden_size=512, vocab_size=None, words=("a", "red", "circle"),
+                         embed_norm=False):
+    """Boxes and arrows of Show and Tell with this configuration's sizes: the CNN encoder feeds the image
+    embedding to the LSTM at step 0; the caption's words follow; a linear layer scores the next word."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    V = vocab_size or "V"
+    features = channels * grid * grid
+    head = f"Linear {features}→{head_hidden}→ReLU→{embed_size}" if head_hidden else f"Linear {features}→{embed_size}"
+    head += " → LayerNorm" if embed_norm else ""
+    fig, ax = plt.subplots(figsize=(12, 5.6))
+    ax.set_xlim(0, 12.2)
+    ax.set_ylim(0, 6.2)
+    ax.axis("off")
+
+    def box(x, y, text, color, w=1.7, h=0.85):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="0.3"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1, **kw):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color="0.25", **kw))
+
+    enc, dec, word_in, word_out = "#cfe3f7", "#fde2c4", "#e6e6e6", "#d9f2d9"
+    # The encoder, top to bottom on the left.
+    x = 1.2
+    box(x, 5.5, f"image\n(B, 3, {image_size}, {image_size})", word_in)
+    box(x, 4.2, f"CNN {backbone}\nImageNet weights, frozen\n(B, {channels}, h, w)", enc, h=1.0)
+    box(x, 2.85, f"average pool to {grid}x{grid}\nflatten: (B, {features})", enc)
+    box(x, 1.55, f"embedding (trained)\n{head.replace(' → LayerNorm', chr(10) + '→ LayerNorm')}\n(B, {embed_size})",
+        enc, w=2.1, h=1.0 + 0.25 * embed_norm)
+    for y0, y1 in ((5.07, 4.7), (3.7, 3.28), (2.42, 2.05)):
+        arrow(x, y0, x, y1)
+    ax.text(x, 0.55, "EncoderCNN", ha="center", fontsize=10, weight="bold")
+    # The decoder, unrolled in time.
+    inputs = ["<start>", *words]
+    outputs = ["<start>", *words, "<end>"]
+    xs = [3.4 + 1.75 * t for t in range(len(outputs))]
+    for t, xt in enumerate(xs):
+        box(xt, 2.85, f"LSTM\n{hidden_size} units", dec, w=1.3, h=0.75)
+        box(xt, 4.2, f"Linear\n{hidden_size}→{V}", dec, w=1.3, h=0.65)
+        box(xt, 5.5, outputs[t], word_out, w=1.0, h=0.45)
+        arrow(xt, 3.23, xt, 3.87)
+        arrow(xt, 4.53, xt, 5.27)
+        if t > 0:
+            box(xt, 1.55, f"word embedding\n{inputs[t - 1]} → ({embed_size},)", word_in, w=1.5, h=0.7)
+            arrow(xt, 1.9, xt, 2.47)
+            arrow(xs[t - 1] + 0.65, 2.85, xt - 0.65, 2.85)  # (h, c) carried to the next step
+    arrow(x + 1.05, 1.75, xs[0], 2.47, connectionstyle="arc3,rad=0.2")
+    ax.text(xs[0], 1.55, "step 0:\nthe image", ha="center", va="center", fontsize=8, style="italic")
+    ax.text((xs[0] + xs[-1]) / 2, 0.55, "DecoderRNN", ha="center", fontsize=10, weight="bold")
+    ax.text((xs[0] + xs[-1]) / 2, 0.1, "training: the true caption's words are the inputs (teacher forcing); "
+            "sampling: each predicted word is fed back as the next input", ha="center", fontsize=8, color="0.3")
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path, dpi=100, colors=None):
+    """Write a figure as PNG (folders made as needed) and return the path.
+
+    colors: reduce the PNG to this many colours (e.g. 256), which makes image grids for the README about 4x
+    smaller with no visible change.
+    """
+    import io
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    image = Image.open(buffer)
+    if colors:
+        image = image.convert("RGB").quantize(colors, dither=Image.Dither.NONE)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG", optimize=True)
+    tmp.replace(path)  # a reader (the README, a notebook) never sees half a file
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# `make demo`: the README's figure and the closing summary
+# ---------------------------------------------------------------------------------------------------
+DEMO_SPLITS = ("test", "test_novel")  # shapes: seen colour-shape pairs, then held-out ones
+SPLIT_NOTES = {"test_novel": "colour-shape pairs never seen in training"}
+
+
+def demo_captions(checkpoint=None, runs_dir="runs", data_root=None, splits=DEMO_SPLITS, per_split=4, seed=0):
+    """Test images captioned by a checkpoint (default: the newest run's best.pt), with one true caption each:
+    one row per split. data_root None: the one the checkpoint was trained on; splits it lacks are left out.
+
+        save_figure(demo_captions(), "images/demo_captions.png", dpi=80, colors=256)   # what `make demo` does
+    """
+    from caption import caption_images, checkpoint_max_len
+    from data_loader import find_split, load_coco
+    from evaluate import latest_checkpoint
+    from model import load_checkpoint
+
+    checkpoint = Path(checkpoint or latest_checkpoint(runs_dir))
+    encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint)
+    data_root = data_root or ckpt["config"]["data_root"]
+    paths, labels, shown = [], [], []
+    for split in splits:
+        try:
+            image_dir, annotations = find_split(data_root, split)
+        except FileNotFoundError:
+            continue
+        chosen, truths = coco_samples(load_coco(annotations), image_dir, per_split, seed, captions_per_image=1,
+                                      bullet="truth: ")
+        captions, failures = caption_images(encoder, decoder, vocab, chosen, ckpt["model_args"]["image_size"],
+                                            max_len=checkpoint_max_len(ckpt), progress=False)
+        paths += chosen
+        labels += [f"model: {captions.get(p) or failures.get(p)}\n{t}" for p, t in zip(chosen, truths)]
+        shown.append(split)
+    if not paths:
+        raise FileNotFoundError(f"none of the splits {list(splits)} exists under {data_root}")
+    return caption_grid(paths, labels, ncols=per_split, cell_inches=2.4,
+                        title=f"{checkpoint.parent.name}/{checkpoint.name}: the model's caption, then a true one\n"
+                              + "rows: " + ", ".join(f"{s} ({SPLIT_NOTES[s]})" if s in SPLIT_NOTES else s
+                                                     for s in shown))
+
+
+def demo_summary(outputs_dir="outputs", runs_dir="runs"):
+    """What `make demo` produced and its final scores, as text: outputs/inference_scores.json when
+    3_Inference wrote it, else the last metrics.jsonl row of the newest run."""
+    outputs_dir, runs_dir = Path(outputs_dir), Path(runs_dir)
+    lines = ["", "== make demo: done", f"executed notebooks and their HTML:  {outputs_dir / 'notebooks'}/"]
+    runs = sorted((p.parent for p in runs_dir.glob("*/metrics.jsonl")), key=lambda d: d.stat().st_mtime)
+    if runs:
+        lines.append(f"the training run (checkpoints, metrics): {runs[-1]}/")
+    lines.append("captioned test images for the README:  images/demo_captions.png")
+    scores_file = outputs_dir / "inference_scores.json"
+    if scores_file.is_file():
+        lines += ["", f"final scores ({scores_file}):", *_inference_score_lines(json.loads(scores_file.read_text()))]
+    elif runs:
+        from train import read_metrics
+
+        last = read_metrics(runs[-1])[-1]
+        lines += ["", f"no {scores_file}; last epoch of {runs[-1].name} (validation):", *_score_lines(last)]
+    return "\n".join(lines)
+
+
+def _inference_score_lines(summary):
+    """3_Inference's summary: its settings, then one column of scores per decoding (greedy, beam k)."""
+    columns = summary.get("scores")
+    if not (isinstance(columns, dict) and columns and all(isinstance(c, dict) for c in columns.values())):
+        return _score_lines(summary)  # a layout this function does not know: print it as it is
+    lines = _score_lines({k: v for k, v in summary.items() if k not in ("scores", "missing")})
+    metrics = list(dict.fromkeys(k for c in columns.values() for k in c))
+    width = max(len(m) for m in metrics)
+    lines.append("  " + " " * width + "".join(f"{name:>10}" for name in columns))
+    for m in metrics:
+        cells = [f"{c[m]:>10.3f}" if isinstance(c.get(m), (int, float)) else f"{'-':>10}" for c in columns.values()]
+        lines.append(f"  {m:<{width}}" + "".join(cells))
+    lines += [f"  {k}: {why}" for k, why in (summary.get("missing") or {}).items()]
+    return lines
+
+
+def _score_lines(scores, indent="  "):
+    """Nested dicts of numbers as aligned lines: a sub-dict becomes a heading with its scores indented."""
+    out = []
+    width = max((len(str(k)) for k in scores), default=0)
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            out += [f"{indent}{key}:", *_score_lines(value, indent + "  ")]
+        elif isinstance(value, float):
+            out.append(f"{indent}{key:<{width}}  {value:.3f}")
+        else:
+            out.append(f"{indent}{key:<{width}}  {value}")
+    return out
