@@ -63,7 +63,7 @@ demo: venv weights data
 		"$(PY)" -m jupyter nbconvert --to html --log-level ERROR "$(DEMO_OUT)/$$nb.ipynb" || exit 1; \
 		echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
-	@"$(PY)" -c "import visualize as v; print('== README figure:', v.save_figure(v.demo_captions(), 'images/demo_captions.png', dpi=80, colors=256))"
+	@"$(PY)" -c "import visualize as v; print('== README figure:', v.save_figure(v.demo_captions(), 'images/figures/demo_captions.png', dpi=80, colors=256))"
 	@"$(PY)" -c "import visualize; print(visualize.demo_summary())"
 
 # Notebooks are committed without outputs or execution counts (pyro and nbdev do the same); `make test` runs this.

@@ -214,8 +214,10 @@ def train_captions_file(data_root):
     return find_split(data_root, "train")[1]
 
 
-def default_vocab_file(data_root, threshold):
-    return Path(data_root) / f"vocab_t{threshold}.json"
+def default_vocab_file(data_root, threshold, cache_dir="data/cache"):
+    """Where a data root's vocabulary is saved: beside the feature caches, never inside the data root, which
+    may be read-only. The file records the caption files' hashes, so two roots of one name cannot mix."""
+    return Path(cache_dir) / f"vocab-{Path(data_root).name}-t{threshold}.json"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -114,6 +114,13 @@ PRESETS = {
 # ---------------------------------------------------------------------------------------------------
 # Processes and devices
 # ---------------------------------------------------------------------------------------------------
+def make_config(preset="seed", **overrides):
+    """TrainConfig from a PRESETS entry and overrides; an override of None means "the preset's value"."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+
+
 def setup_distributed(cfg):
     """(rank, world_size, device). Under torchrun: nccl on GPUs, gloo on CPU; otherwise one process."""
     if "RANK" not in os.environ:
@@ -558,7 +565,7 @@ def prepare(cfg, ckpt, device):
     if ckpt is not None:
         vocab = Vocabulary.from_dict(ckpt["vocab"])
     else:
-        vocab_file = default_vocab_file(cfg.data_root, cfg.vocab_threshold)
+        vocab_file = default_vocab_file(cfg.data_root, cfg.vocab_threshold, cfg.cache_dir)
         vocab = load_or_build_vocab([train_captions_file(cfg.data_root)], cfg.vocab_threshold, vocab_file)
     encoder, decoder = build_model(cfg.model_args(vocab))
     encoder.to(device).to(memory_format=torch.channels_last)
@@ -732,7 +739,7 @@ def parse_args(argv=None):
     given = {k: v for k, v in vars(args).items() if v is not None and k != "preset"}
     if given.get("resume"):  # the run's own config, changed only by the flags given (e.g. --epochs)
         return resume_config(given.pop("resume"), given)[0]
-    return TrainConfig(**{**PRESETS[args.preset], **given})
+    return make_config(args.preset, **given)
 
 
 def main(argv=None):

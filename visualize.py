@@ -259,7 +259,7 @@ def demo_captions(checkpoint=None, runs_dir="runs", data_root=None, splits=DEMO_
     """Test images captioned by a checkpoint (default: the newest run's best.pt), with one true caption each:
     one row per split. data_root None: the one the checkpoint was trained on; splits it lacks are left out.
 
-        save_figure(demo_captions(), "images/demo_captions.png", dpi=80, colors=256)   # what `make demo` does
+        save_figure(demo_captions(), "images/figures/demo_captions.png", dpi=80, colors=256)   # what `make demo` does
     """
     from caption import caption_images, checkpoint_max_len
     from data_loader import find_split, load_coco
@@ -298,7 +298,7 @@ def demo_summary(outputs_dir="outputs", runs_dir="runs"):
     runs = sorted((p.parent for p in runs_dir.glob("*/metrics.jsonl")), key=lambda d: d.stat().st_mtime)
     if runs:
         lines.append(f"the training run (checkpoints, metrics): {runs[-1]}/")
-    lines.append("captioned test images for the README:  images/demo_captions.png")
+    lines.append("captioned test images for the README:  images/figures/demo_captions.png")
     scores_file = outputs_dir / "inference_scores.json"
     if scores_file.is_file():
         lines += ["", f"final scores ({scores_file}):", *_inference_score_lines(json.loads(scores_file.read_text()))]

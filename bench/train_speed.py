@@ -104,7 +104,7 @@ def main(argv=None):
     set_seed(cfg.seed)
     torch.set_num_threads(torch.get_num_threads())
     vocab = load_or_build_vocab([train_captions_file(cfg.data_root)], cfg.vocab_threshold,
-                                default_vocab_file(cfg.data_root, cfg.vocab_threshold))
+                                default_vocab_file(cfg.data_root, cfg.vocab_threshold, cfg.cache_dir))
     dataset = CocoCaptionDataset(*find_split(cfg.data_root, cfg.train_split), vocab)
     encoder, _ = build_model(cfg.model_args(vocab))
     t0 = time.perf_counter()

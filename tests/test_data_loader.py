@@ -403,13 +403,15 @@ def test_sampler_rejects_bad_arguments():
 # ---------------------------------------------------------------------------------------------------
 # get_loader
 # ---------------------------------------------------------------------------------------------------
-def test_get_loader_with_workers_covers_every_caption_each_epoch(tmp_path):
+def test_get_loader_with_workers_covers_every_caption_each_epoch(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default vocabulary goes to ./data/cache
     root = make_root(tmp_path / "data", n_images=6, captions_per_image=4)
     loader = get_loader(get_transform(False, S), mode="train", batch_size=3, vocab_threshold=1, num_workers=2,
                         data_root=root, seed=0)
     ds = loader.dataset
     assert len(ds) == 24 and len(ds.vocab) > 20
-    assert (root / "vocab_t1.json").is_file()  # the default vocabulary file, beside the data
+    assert (tmp_path / "data" / "cache" / "vocab-data-t1.json").is_file()  # the default: beside the caches
+    assert not list(root.glob("*.json"))  # nothing written into the data root
     assert loader.persistent_workers and loader.num_workers == 2
     expected = sorted(tuple(ds.caption(i).tolist()) for i in range(len(ds)))
     orders = []
