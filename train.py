@@ -106,7 +106,7 @@ class TrainConfig:
 # between features and embedding, LayerNorm on the image embedding, a smaller and faster LSTM.
 PRESETS = {
     "seed": {},
-    "shapes-cpu": dict(image_size=192, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3, epochs=20),
+    "shapes-cpu": dict(image_size=192, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3, epochs=16),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 
