@@ -1,9 +1,9 @@
 """Training speed: this repository's loop on cached features against the seed's way of training.
 
     python bench/train_speed.py                 # shapes data in data/shapes, default TrainConfig sizes
-    python bench/train_speed.py --steps 20 --data-root data/shapes
+    python bench/train_speed.py --preset shapes-cpu     # the demo recipe's sizes (192 px, LSTM 256)
 
-Both loops train the same model (TrainConfig's defaults) on the same shapes data, in one process:
+Both loops train the same model (a preset of train.py, the seed by default) on the same shapes data, in one process:
 - repo: the frozen CNN ran once per image (the feature cache); each step gathers a batch of captions of one
   length and its features straight from tensors, as train.py does;
 - seed: the way the seed's notebook trains: the CNN runs on every batch, one loader process (num_workers=0),
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_loader import CocoCaptionDataset, find_split, get_transform  # noqa: E402
 from model import build_model, set_seed  # noqa: E402
-from train import Captioner, TrainConfig, caption_loss, cached_features, ensure_data  # noqa: E402
+from train import PRESETS, Captioner, caption_loss, cached_features, ensure_data, make_config  # noqa: E402
 from vocabulary import load_or_build_vocab  # noqa: E402
 from data_loader import default_vocab_file, train_captions_file  # noqa: E402
 
@@ -98,8 +98,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=30, help="timed steps per loop (after 2 warm-up steps)")
     parser.add_argument("--seed-steps", type=int, default=8, help="timed steps for the (slow) seed loop")
     parser.add_argument("--cache-dir", default="data/cache", help="feature cache folder")
+    parser.add_argument("--preset", default="seed", choices=sorted(PRESETS),
+                        help="model and image sizes for both loops (train.py's presets)")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(data_root=args.data_root, cache_dir=args.cache_dir, num_workers=0)
+    cfg = make_config(args.preset, data_root=args.data_root, cache_dir=args.cache_dir, num_workers=0)
     ensure_data(cfg)
     set_seed(cfg.seed)
     torch.set_num_threads(torch.get_num_threads())
@@ -115,7 +117,7 @@ def main(argv=None):
     seed = seed_loop(cfg, dataset, args.seed_steps)
     print(f"\nshapes train split: {len(dataset.image_files):,} images, {len(dataset):,} captions; "
           f"batch {cfg.batch_size}, {cfg.backbone} at {cfg.image_size} px, LSTM {cfg.hidden_size}, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads, preset {args.preset}")
     print(f"feature cache (built once, or loaded if present): {cache_s:.1f} s")
     print(f"{'loop':<34}{'captions/s':>12}")
     print(f"{'repo: cached features':<34}{repo:>12,.0f}")
