@@ -107,34 +107,67 @@ def missing_weights_message(name, weights, error):
 # ---------------------------------------------------------------------------------------------------
 # Encoder and decoder
 # ---------------------------------------------------------------------------------------------------
+class Standardize(nn.Module):
+    """(features - mean) / std per dimension, with statistics fitted once on the training set's features.
+
+    They are buffers, not parameters: saved in checkpoints, never trained. ImageNet features are non-negative
+    and their dimensions differ in scale by orders of magnitude, which slows the layer after them to a crawl.
+    """
+
+    MIN_STD = 1e-3  # channels that are (almost) constant over the training images stay near zero
+
+    def __init__(self, size):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(size))
+        self.register_buffer("std", torch.ones(size))
+
+    @torch.no_grad()
+    def fit(self, features):
+        """features (N, D), e.g. the feature cache of the training images."""
+        features = features.float()
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(self.MIN_STD))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std  # (B, D)
+
+
 class EncoderCNN(nn.Module):
     """Pretrained CNN -> pooled features -> a trainable embedding of size embed_size.
 
     grid=1 is the seed's global average pool; grid=2 pools to a 2x2 grid instead, which keeps coarse
     positions (left/right, top/bottom). head_hidden=0 is the seed's single linear layer; >0 adds one hidden
-    ReLU layer. embed_norm puts a LayerNorm after the embedding: the word embeddings the LSTM sees after
+    ReLU layer. feature_norm standardises each feature dimension with statistics of the training images
+    (fit them with `encoder.fit_feature_stats(train_features)`). embed_norm puts a LayerNorm after the embedding: the word embeddings the LSTM sees after
     step 0 are N(0, 1) per dimension, and without it the image embedding arrives far smaller, so the decoder
     learns to use the image later (on shapes, object F1 after 4 epochs: 0.38 without, 0.47 with it).
     A frozen backbone (train_backbone=False) stays in eval mode, so batch-norm statistics never drift.
     """
 
     def __init__(self, embed_size=100, backbone="resnet50", pretrained=True, train_backbone=False, grid=1,
-                 head_hidden=0, embed_norm=False):
+                 head_hidden=0, embed_norm=False, feature_norm=False):
         super().__init__()
         self.backbone, channels = build_backbone(backbone, pretrained)
         self.train_backbone = train_backbone
         self.pool = nn.AdaptiveAvgPool2d(grid)
         self.feature_size = channels * grid * grid
+        layers = [Standardize(self.feature_size)] if feature_norm else []
         if head_hidden:
-            layers = [nn.Linear(self.feature_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, embed_size)]
+            layers += [nn.Linear(self.feature_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, embed_size)]
         else:
-            layers = [nn.Linear(self.feature_size, embed_size)]
+            layers += [nn.Linear(self.feature_size, embed_size)]
         if embed_norm:
             layers.append(nn.LayerNorm(embed_size))
         self.embed = nn.Sequential(*layers) if len(layers) > 1 else layers[0]
         if not train_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+
+    def fit_feature_stats(self, features):
+        """Fit the feature standardisation (if this encoder has one) to training features (N, D)."""
+        for module in self.embed.modules():
+            if isinstance(module, Standardize):
+                module.fit(features)
 
     def train(self, mode=True):
         super().train(mode)
@@ -308,7 +341,8 @@ def build_model(model_args):
     """(encoder, decoder) from a dict of sizes: the one place both are made, for training and loading."""
     a = dict(model_args)
     encoder = EncoderCNN(a["embed_size"], a["backbone"], a.get("pretrained", True), a.get("train_backbone", False),
-                         a.get("grid", 1), a.get("head_hidden", 0), a.get("embed_norm", False))
+                         a.get("grid", 1), a.get("head_hidden", 0), a.get("embed_norm", False),
+                         a.get("feature_norm", False))
     decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
                          a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0))
     return encoder, decoder

@@ -65,6 +65,7 @@ class TrainConfig:
     train_backbone: bool = opt(False, "fine-tune the CNN too (no feature cache; much slower)")
     grid: int = opt(1, "pool CNN features to a grid x grid layout; 1 is the seed's global average pool")
     head_hidden: int = opt(0, "hidden units in the feature-to-embedding layer; 0 is the seed's single linear layer")
+    feature_norm: bool = opt(False, "standardise CNN features with the training images' mean and std (frozen CNN)")
     embed_norm: bool = opt(False, "LayerNorm on the image embedding, so it arrives at the word embeddings' scale")
     embed_size: int = opt(100, "word and image embedding size")
     hidden_size: int = opt(512, "LSTM hidden units")
@@ -95,18 +96,20 @@ class TrainConfig:
     def model_args(self, vocab):
         """The sizes that rebuild the model; stored in every checkpoint."""
         return dict(backbone=self.backbone, pretrained=self.pretrained, train_backbone=self.train_backbone,
-                    grid=self.grid, head_hidden=self.head_hidden, embed_norm=self.embed_norm, embed_size=self.embed_size,
+                    grid=self.grid, head_hidden=self.head_hidden, embed_norm=self.embed_norm,
+                    feature_norm=self.feature_norm, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
 
 # Starting points for the CLI's --preset; any flag after it still wins. TrainConfig's own defaults are the
 # seed's model on the shapes data ("seed"). "shapes-cpu" is the demo recipe: the levers that made shapes
-# learnable in minutes on 2 CPU cores (README, Results): a larger image for the frozen CNN, a hidden layer
-# between features and embedding, LayerNorm on the image embedding, a smaller and faster LSTM.
+# learnable in minutes on 2 CPU cores (README, Results): a larger image for the frozen CNN, standardised
+# features, a hidden layer between features and embedding, LayerNorm on the image embedding, a smaller LSTM.
 PRESETS = {
     "seed": {},
-    "shapes-cpu": dict(image_size=192, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3, epochs=16),
+    "shapes-cpu": dict(image_size=192, feature_norm=True, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3,
+                       epochs=16),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 
@@ -570,6 +573,11 @@ def prepare(cfg, ckpt, device):
     encoder, decoder = build_model(cfg.model_args(vocab))
     encoder.to(device).to(memory_format=torch.channels_last)
     train_split = load_split(cfg, cfg.train_split, vocab, encoder, device)
+    if cfg.feature_norm:  # statistics of the usable training images; a resumed run loads its own instead
+        if train_split.features is None:
+            raise ValueError("feature_norm needs a frozen backbone: its statistics come from the feature cache")
+        images = np.unique(train_split.dataset.caption_image[train_split.usable])
+        encoder.fit_feature_stats(train_split.features[torch.as_tensor(images, device=device)])
     val_split = load_split(cfg, cfg.val_split, vocab, encoder, device)
     return vocab, encoder, decoder, train_split, val_split
 

@@ -38,7 +38,7 @@ def tiny_train_config(data_root, out_dir, **overrides):
     from train import TrainConfig
 
     settings = dict(data_root=str(data_root), val_split="train", vocab_threshold=1, image_size=64, grid=2,
-                    head_hidden=128, embed_norm=True, embed_size=64, hidden_size=128, epochs=70, batch_size=64, lr=5e-3,
+                    head_hidden=128, embed_norm=True, feature_norm=True, embed_size=64, hidden_size=128, epochs=70, batch_size=64, lr=5e-3,
                     num_workers=0, out_dir=str(out_dir), cache_dir=str(Path(out_dir) / "cache"),
                     run_name="tiny", log_every=10_000, best_metric="object_f1", save_every=70)
     settings.update(overrides)

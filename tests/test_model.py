@@ -570,3 +570,27 @@ def test_load_checkpoint_refuses_inconsistent_sizes(tmp_path):
     torch.save(dict(ckpt, model_args=dict(ckpt["model_args"], hidden_size=H * 2)), tmp_path / "bad_hidden.pt")
     with pytest.raises(CheckpointError, match=r"decoder weights do not fit.*lstm\.weight_hh_l0"):
         load_checkpoint(tmp_path / "bad_hidden.pt")
+
+
+def test_feature_standardisation_is_fitted_saved_and_applied():
+    from model import Standardize
+
+    torch.manual_seed(0)
+    encoder = EncoderCNN(8, backbone="resnet18", pretrained=False, feature_norm=True)
+    features = torch.rand(50, encoder.feature_size) * torch.linspace(0.01, 30, encoder.feature_size)  # (N, D)
+    features[:, 0] = 2.0  # a dead channel: its std is floored, not zero
+    encoder.fit_feature_stats(features)
+    (standardize,) = [m for m in encoder.embed.modules() if isinstance(m, Standardize)]
+    z = standardize(features)
+    assert torch.allclose(z[:, 1:].mean(0), torch.zeros(encoder.feature_size - 1), atol=1e-4)
+    assert torch.allclose(z[:, 1:].std(0), torch.ones(encoder.feature_size - 1), atol=1e-4)
+    assert torch.all(z[:, 0] == 0) and standardize.std[0] == Standardize.MIN_STD
+    state = encoder.state_dict()
+    assert torch.equal(state["embed.0.mean"], features.mean(0))  # buffers: saved in checkpoints
+    rebuilt = EncoderCNN(8, backbone="resnet18", pretrained=False, feature_norm=True)
+    rebuilt.load_state_dict(state)
+    assert torch.allclose(rebuilt.embed(features), encoder.embed(features))
+    assert not any(p is standardize.mean for p in encoder.parameters())  # never trained
+    plain = EncoderCNN(8, backbone="resnet18", pretrained=False)
+    plain.fit_feature_stats(features)  # no standardisation layer: nothing to fit, nothing changes
+    assert not any(isinstance(m, Standardize) for m in plain.modules())
