@@ -109,7 +109,7 @@ class TrainConfig:
 PRESETS = {
     "seed": {},
     "shapes-cpu": dict(image_size=192, feature_norm=True, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3,
-                       epochs=16),
+                       epochs=12),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 
