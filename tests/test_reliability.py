@@ -362,7 +362,7 @@ def test_checkpoint_of_another_configuration_is_one_clear_line(small_run, tmp_pa
     cases = [(dict(hidden_size=128), "error: the decoder weights do not fit the model configuration: "
                                      "lstm.weight_ih_l0: checkpoint (256, 32) vs model (512, 32)"),
              (dict(grid=2), "error: the encoder weights do not fit the model configuration: "
-                            "embed.0.weight: checkpoint (32, 1280) vs model (32, 5120)"),
+                            "embed.0.mean: checkpoint (1280,) vs model (5120,)"),  # the feature standardisation
              (dict(backbone="resnet18"), "error: the encoder weights do not fit the model configuration: ")]
     for change, expected in cases:
         path = tmp_path / f"{next(iter(change))}.pt"
