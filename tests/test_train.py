@@ -71,10 +71,16 @@ class CountingEncoder:
         return torch.arange(len(files)).float().half()[:, None].repeat(1, 3), torch.ones(len(files), dtype=torch.bool), {}
 
 
-def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, monkeypatch):
+@pytest.fixture
+def counting_cache(tiny_shapes, tmp_path, monkeypatch):
+    """(counter of feature passes, a config whose cache lives in tmp_path)."""
     counter = CountingEncoder()
     monkeypatch.setattr(train_mod, "compute_features", counter)
-    cfg = TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
+    return counter, TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
+
+
+def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, counting_cache):
+    counter, cfg = counting_cache
     files = sorted((tiny_shapes / "train2017").glob("*.jpg"))
     first, _, _ = cached_features(None, files, cfg, "cpu", "test")
     cached_features(None, files, cfg, "cpu", "test")
@@ -88,10 +94,8 @@ def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, monkeypatch
     assert len(cache_files) == 4 and not list(tmp_path.glob(".*tmp*"))
 
 
-def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, monkeypatch):
-    counter = CountingEncoder()
-    monkeypatch.setattr(train_mod, "compute_features", counter)
-    cfg = TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
+def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, counting_cache):
+    counter, cfg = counting_cache
     files = sorted((tiny_shapes / "val2017").glob("*.jpg"))
     good, _, _ = cached_features(None, files, cfg, "cpu", "test")
     (path,) = tmp_path.glob("*.pt")
