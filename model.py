@@ -75,8 +75,12 @@ def weights_path(weights):
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
 
 
-def build_backbone(name, pretrained=True):
-    """A torchvision classifier without its head: (conv trunk (B,3,H,W)->(B,C,h,w), C)."""
+def build_backbone(name, pretrained=True, blocks=0):
+    """A torchvision classifier without its head: (conv trunk (B,3,H,W)->(B,C,h,w), C).
+
+    blocks > 0 keeps only the trunk's first `blocks` modules: an earlier, finer feature map (MobileNetV2's
+    first 14 give 96 channels at 1/16 of the image side; a ResNet's first 7 end after layer3).
+    """
     weights = resolve_weights(name, pretrained)
     try:
         net = get_model(name, weights=weights)
@@ -85,11 +89,18 @@ def build_backbone(name, pretrained=True):
     except Exception as e:  # no file in the cache and no network, or a corrupt download
         raise MissingWeightsError(missing_weights_message(name, weights, e)) from None
     if hasattr(net, "fc") and isinstance(net.fc, nn.Linear):  # ResNet family
-        return nn.Sequential(*list(net.children())[:-2]), net.fc.in_features
-    if hasattr(net, "features") and hasattr(net, "classifier"):  # MobileNet, EfficientNet, ...
-        first_linear = next(m for m in net.classifier.modules() if isinstance(m, nn.Linear))
-        return net.features, first_linear.in_features
-    raise ValueError(f"backbone {name!r} is not supported: use a ResNet, MobileNet or EfficientNet")
+        trunk = nn.Sequential(*list(net.children())[:-2])
+    elif hasattr(net, "features") and hasattr(net, "classifier"):  # MobileNet, EfficientNet, ...
+        trunk = net.features
+    else:
+        raise ValueError(f"backbone {name!r} is not supported: use a ResNet, MobileNet or EfficientNet")
+    if blocks:
+        if not 0 < blocks <= len(trunk):
+            raise ValueError(f"backbone_blocks={blocks}, but {name}'s trunk has {len(trunk)} blocks")
+        trunk = trunk[:blocks]
+    with torch.no_grad():
+        channels = trunk.eval()(torch.zeros(1, 3, 64, 64)).shape[1]
+    return trunk, channels
 
 
 def missing_weights_message(name, weights, error):
@@ -123,36 +134,70 @@ class Standardize(nn.Module):
 
     @torch.no_grad()
     def fit(self, features):
-        """features (N, D), e.g. the feature cache of the training images."""
+        """features (N, D), e.g. the feature cache of the training images, or maps (N, D, h, w): then one
+        mean and std per channel D, over images and positions."""
         features = features.float()
+        if features.dim() == 4:
+            features = features.transpose(0, 1).flatten(1).T  # (N * h * w, D)
         self.mean.copy_(features.mean(0))
         self.std.copy_(features.std(0).clamp_min(self.MIN_STD))
 
     def forward(self, x):
+        if x.dim() == 4:  # (B, D, h, w)
+            return (x - self.mean[:, None, None]) / self.std[:, None, None]
         return (x - self.mean) / self.std  # (B, D)
+
+
+class LocalFeatures(nn.Module):
+    """A small MLP applied at every position of a CNN feature map, then the maximum over positions.
+
+    Pooling first (the seed) mixes the objects of a scene: "a red square and a blue circle" and "a blue
+    square and a red circle" pool to nearly the same vector. Here each position is read on its own, while its
+    colour and shape are still together, and the max keeps what any position found. The same weights serve
+    every position, so an object is recognised wherever it is. (B, C, h, w) -> (B, out_size).
+    """
+
+    def __init__(self, channels, hidden, out_size):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.out = nn.Linear(hidden, out_size)
+
+    def forward(self, maps):
+        positions = maps.flatten(2).transpose(1, 2)  # (B, h*w, C)
+        return self.out(self.mlp(positions).amax(1))  # (B, out_size)
 
 
 class EncoderCNN(nn.Module):
     """Pretrained CNN -> pooled features -> a trainable embedding of size embed_size.
 
-    grid=1 is the seed's global average pool; grid=2 pools to a 2x2 grid instead, which keeps coarse
-    positions (left/right, top/bottom). head_hidden=0 is the seed's single linear layer; >0 adds one hidden
-    ReLU layer. feature_norm standardises each feature dimension with statistics of the training images
-    (fit them with `encoder.fit_feature_stats(train_features)`). embed_norm puts a LayerNorm after the embedding: the word embeddings the LSTM sees after
-    step 0 are N(0, 1) per dimension, and without it the image embedding arrives far smaller, so the decoder
-    learns to use the image later (on shapes, object F1 after 4 epochs: 0.38 without, 0.47 with it).
+    The defaults are the seed's: the whole CNN, a global average pool and one linear layer. The options:
+    - grid=2 pools to a 2x2 grid instead, which keeps coarse positions (left/right, top/bottom).
+    - head_hidden > 0 adds one hidden ReLU layer between the pooled features and the embedding.
+    - backbone_blocks > 0 keeps only the CNN's first blocks (see build_backbone): a finer map, cheaper to run.
+    - local_hidden > 0 replaces pooling and head with LocalFeatures: an MLP of that width at every position of
+      the map, then the max over positions. On shapes it is what binds colours to shapes (README, Results).
+    - feature_norm standardises each feature (each channel of a map) with statistics of the training images;
+      fit them with `encoder.fit_feature_stats(train_features)`.
+    - embed_norm puts a LayerNorm after the embedding: the word embeddings the LSTM sees after step 0 are
+      N(0, 1) per dimension, and without it the image embedding arrives far smaller, so the decoder learns to
+      use the image later (on shapes, object F1 after 4 epochs: 0.38 without, 0.47 with it).
     A frozen backbone (train_backbone=False) stays in eval mode, so batch-norm statistics never drift.
     """
 
     def __init__(self, embed_size=100, backbone="resnet50", pretrained=True, train_backbone=False, grid=1,
-                 head_hidden=0, embed_norm=False, feature_norm=False):
+                 head_hidden=0, embed_norm=False, feature_norm=False, backbone_blocks=0, local_hidden=0):
         super().__init__()
-        self.backbone, channels = build_backbone(backbone, pretrained)
+        if local_hidden and (grid != 1 or head_hidden):
+            raise ValueError("local_hidden replaces grid pooling and head_hidden: leave grid=1 and head_hidden=0")
+        self.backbone, channels = build_backbone(backbone, pretrained, backbone_blocks)
         self.train_backbone = train_backbone
-        self.pool = nn.AdaptiveAvgPool2d(grid)
-        self.feature_size = channels * grid * grid
+        self.local = bool(local_hidden)
+        self.pool = nn.Identity() if self.local else nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten(1))
+        self.feature_size = channels if self.local else channels * grid * grid  # per position when local
         layers = [Standardize(self.feature_size)] if feature_norm else []
-        if head_hidden:
+        if local_hidden:
+            layers += [LocalFeatures(channels, local_hidden, embed_size)]
+        elif head_hidden:
             layers += [nn.Linear(self.feature_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, embed_size)]
         else:
             layers += [nn.Linear(self.feature_size, embed_size)]
@@ -176,45 +221,74 @@ class EncoderCNN(nn.Module):
         return self
 
     def features(self, images):
-        """(B, 3, H, W) -> pooled backbone features (B, feature_size): what the feature cache stores."""
+        """(B, 3, H, W) -> what the feature cache stores: pooled features (B, C * grid * grid), or with
+        local_hidden the whole map (B, C, h, w)."""
         with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
-            maps = self.backbone(images)  # (B, C, h, w)
-            return self.pool(maps).flatten(1)  # (B, C * grid * grid)
+            return self.pool(self.backbone(images))
+
+    @torch.no_grad()
+    def feature_shape(self, image_size):
+        """Shape of one image's features at this image size, e.g. (1280,) or (96, 8, 8)."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        param = next(self.backbone.parameters())
+        shape = self.features(torch.zeros(1, 3, image_size, image_size, device=param.device)).shape[1:]
+        self.backbone.train(was_training)
+        return tuple(shape)
 
     def forward(self, images):
         return self.embed(self.features(images))  # (B, embed_size)
 
 
 class DecoderRNN(nn.Module):
-    """Word embedding -> LSTM -> linear layer over the vocabulary. Seed defaults: 100, 512, 1 layer."""
+    """Word embedding -> LSTM -> linear layer over the vocabulary. Seed defaults: 100, 512, 1 layer.
+
+    The seed (Show and Tell) shows the LSTM the image once, as its first input, and the LSTM must carry it in
+    its state for the whole caption. image_every_step=True puts the image embedding beside every word
+    embedding as well ("par-inject" in Tanti et al., 2018, "Where to put the image in an image caption
+    generator"): the LSTM can look at the image again at each word. On shapes that is what lets it name the
+    shape that goes with the colour it has just said (README, Results).
+    """
 
     def __init__(self, embed_size=100, hidden_size=512, vocab_size=None, num_layers=1, start_id=0, end_id=1,
-                 dropout=0.0):
+                 dropout=0.0, image_every_step=False):
         super().__init__()
         if not vocab_size:
             raise ValueError("DecoderRNN needs vocab_size (len(vocab))")
         self.vocab_size, self.start_id, self.end_id = vocab_size, start_id, end_id
+        self.image_every_step = image_every_step
         self.embed = nn.Embedding(vocab_size, embed_size)
-        self.lstm = nn.LSTM(embed_size, hidden_size, num_layers, batch_first=True,
+        self.lstm = nn.LSTM(embed_size * (2 if image_every_step else 1), hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
         self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def _with_image(self, inputs, image):
+        """LSTM inputs (B, T, E): unchanged, or with the image (B, E) beside each step's (image_every_step)."""
+        if not self.image_every_step:
+            return inputs
+        if image is None:
+            raise ValueError("this decoder reads the image at every step: pass image= to step()")
+        return torch.cat([inputs, image.unsqueeze(1).expand(-1, inputs.size(1), -1)], dim=2)  # (B, T, 2E)
 
     def forward(self, features, captions):
         """features (B, E), captions (B, T) -> scores (B, T, vocab): the image at step 0, then captions[:, :-1]."""
         words = self.embed(captions[:, :-1])  # (B, T-1, E)
         inputs = torch.cat([features.unsqueeze(1), words], dim=1)  # (B, T, E)
-        hidden, _ = self.lstm(inputs)  # (B, T, H)
+        hidden, _ = self.lstm(self._with_image(inputs, features))  # (B, T, H)
         return self.fc(hidden)  # (B, T, V)
 
     def start(self, features):
         """Feed the image, then <start>: scores for the first word (B, V) and the LSTM state."""
-        _, state = self.lstm(features.unsqueeze(1))  # the image step's prediction (<start>) is not needed
+        # The image step's prediction (<start>) is not needed.
+        _, state = self.lstm(self._with_image(features.unsqueeze(1), features))
         start = torch.full((features.size(0),), self.start_id, dtype=torch.long, device=features.device)
-        return self.step(start, state)
+        return self.step(start, state, image=features)
 
-    def step(self, tokens, state):
-        """One step: tokens (B,) and the state -> scores (B, V) and the new state."""
-        hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)  # (B, 1, H)
+    def step(self, tokens, state, image=None):
+        """One step: tokens (B,) and the state -> scores (B, V) and the new state. image (B, E): the embedded
+        image, needed when image_every_step."""
+        inputs = self._with_image(self.embed(tokens).unsqueeze(1), image)  # (B, 1, E or 2E)
+        hidden, state = self.lstm(inputs, state)  # (B, 1, H)
         return self.fc(hidden.squeeze(1)), state
 
     def sample(self, inputs, states=None, max_len=20):
@@ -224,10 +298,11 @@ class DecoderRNN(nn.Module):
         for step 0 (normally <start>) and ends with <end> when one was produced within max_len steps.
         """
         inputs = inputs.reshape(1, 1, -1)
+        image = inputs[:, 0]  # (1, E)
         ids = []
         with torch.no_grad():
             for _ in range(max_len):
-                hidden, states = self.lstm(inputs, states)  # (1, 1, H)
+                hidden, states = self.lstm(self._with_image(inputs, image), states)  # (1, 1, H)
                 word = self.fc(hidden.squeeze(1)).argmax(1)  # (1,)
                 ids.append(int(word))
                 if ids[-1] == self.end_id:
@@ -269,7 +344,7 @@ def greedy_search(decoder, features, max_len=20):
         done |= word == decoder.end_id
         if bool(done.all()) or t + 1 == max_len:
             break
-        logits, state = decoder.step(tokens[:, t], state)
+        logits, state = decoder.step(tokens[:, t], state, image=features)
     return _trim(tokens, decoder.end_id), score
 
 
@@ -298,6 +373,7 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0):
     scores[:, 0] = 0.0
     logits, (h, c) = decoder.start(features)
     logits, h, c = logits.repeat_interleave(k, 0), h.repeat_interleave(k, 1), c.repeat_interleave(k, 1)
+    image = features.repeat_interleave(k, 0)  # (B*k, E): a beam never changes image, so no reordering
     bound = length_normaliser(max_len, length_penalty)  # no live beam can normalise better than raw / bound
     for t in range(max_len):
         logp = F.log_softmax(logits.float(), dim=-1)  # (B*k, V)
@@ -325,7 +401,7 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0):
         if bool((best_norm >= scores.max(dim=1).values / bound).all()):
             break
         if t + 1 < max_len:
-            logits, (h, c) = decoder.step(word.view(-1), (h, c))
+            logits, (h, c) = decoder.step(word.view(-1), (h, c), image=image)
     else:  # max_len reached: unfinished beams compete too, truncated as greedy_search truncates
         live_norm, j = (scores / bound).max(dim=1)
         better = live_norm > best_norm
@@ -342,9 +418,10 @@ def build_model(model_args):
     a = dict(model_args)
     encoder = EncoderCNN(a["embed_size"], a["backbone"], a.get("pretrained", True), a.get("train_backbone", False),
                          a.get("grid", 1), a.get("head_hidden", 0), a.get("embed_norm", False),
-                         a.get("feature_norm", False))
+                         a.get("feature_norm", False), a.get("backbone_blocks", 0), a.get("local_hidden", 0))
     decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
-                         a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0))
+                         a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),
+                         a.get("image_every_step", False))
     return encoder, decoder
 
 

@@ -407,7 +407,7 @@ class TableDecoder:
     def start(self, feats):
         return self.step(torch.full((feats.size(0),), START), None)
 
-    def step(self, tokens, state):
+    def step(self, tokens, state, image=None):
         zeros = torch.zeros(1, tokens.size(0), 1)  # a stand-in LSTM state (layers, B, hidden)
         return self.logits[tokens], (zeros, zeros)
 
