@@ -65,12 +65,15 @@ class TrainConfig:
     train_backbone: bool = opt(False, "fine-tune the CNN too (no feature cache; much slower)")
     grid: int = opt(1, "pool CNN features to a grid x grid layout; 1 is the seed's global average pool")
     head_hidden: int = opt(0, "hidden units in the feature-to-embedding layer; 0 is the seed's single linear layer")
+    backbone_blocks: int = opt(0, "keep the CNN's first N blocks only (finer, cheaper features); 0 keeps them all")
+    local_hidden: int = opt(0, "MLP width at every feature-map position, then max over positions; 0: pool first")
     feature_norm: bool = opt(False, "standardise CNN features with the training images' mean and std (frozen CNN)")
     embed_norm: bool = opt(False, "LayerNorm on the image embedding, so it arrives at the word embeddings' scale")
     embed_size: int = opt(100, "word and image embedding size")
     hidden_size: int = opt(512, "LSTM hidden units")
     num_layers: int = opt(1, "LSTM layers")
     dropout: float = opt(0.0, "dropout between LSTM layers (needs num_layers > 1)")
+    image_every_step: bool = opt(False, "give the LSTM the image beside every word, not only first (par-inject)")
     # optimisation
     epochs: int = opt(10, "passes over every training caption")
     batch_size: int = opt(128, "captions per step (per process under torchrun)")
@@ -97,19 +100,22 @@ class TrainConfig:
         """The sizes that rebuild the model; stored in every checkpoint."""
         return dict(backbone=self.backbone, pretrained=self.pretrained, train_backbone=self.train_backbone,
                     grid=self.grid, head_hidden=self.head_hidden, embed_norm=self.embed_norm,
+                    backbone_blocks=self.backbone_blocks, local_hidden=self.local_hidden,
                     feature_norm=self.feature_norm, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
+                    image_every_step=self.image_every_step,
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
 
 # Starting points for the CLI's --preset; any flag after it still wins. TrainConfig's own defaults are the
 # seed's model on the shapes data ("seed"). "shapes-cpu" is the demo recipe: the levers that made shapes
-# learnable in minutes on 2 CPU cores (README, Results): a larger image for the frozen CNN, standardised
-# features, a hidden layer between features and embedding, LayerNorm on the image embedding, a smaller LSTM.
+# learnable in minutes on 2 CPU cores (README, Results): MobileNetV2's first 14 blocks (a finer map, and a
+# cheaper cache), a small MLP at every map position with a max over positions, standardised features,
+# LayerNorm on the image embedding, the image beside every word, and a smaller LSTM.
 PRESETS = {
     "seed": {},
-    "shapes-cpu": dict(image_size=192, feature_norm=True, head_hidden=512, embed_norm=True, hidden_size=256, lr=2e-3,
-                       epochs=12),
+    "shapes-cpu": dict(image_size=128, backbone_blocks=14, local_hidden=256, feature_norm=True, embed_norm=True,
+                       image_every_step=True, hidden_size=256, lr=2e-3, epochs=12),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 
@@ -172,7 +178,8 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
     CUDA) and resizes, crops and normalises there (data_loader.tensor_eval_transform); files it cannot take
     (PNG, CMYK, truncated, ...) go through PIL as before. 'auto': torch on CUDA, pil elsewhere.
     batch_size: images per CNN batch; default 256 on CUDA, 64 elsewhere.
-    Returns (features (N, D) float16 on the CPU, ok (N,) bool, failures {file name: reason}). Unreadable
+    Returns (features (N, D) float16 on the CPU, or maps (N, C, h, w) for an encoder with local features;
+    ok (N,) bool; failures {file name: reason}). Unreadable
     images get ok=False and a zero row; callers skip them and say so.
     """
     device = torch.device(device)
@@ -184,7 +191,8 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
         dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
         batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
     # Kept on the device until the end: no host sync per batch (training moves them there anyway).
-    features = torch.zeros(len(files), encoder.feature_size, dtype=torch.float16, device=device)  # (N, D)
+    shape = encoder.feature_shape(image_size)  # (D,) pooled, or (C, h, w) for local features
+    features = torch.zeros(len(files), *shape, dtype=torch.float16, device=device)  # (N, D) or (N, C, h, w)
     ok = torch.zeros(len(files), dtype=torch.bool)
     failures = {}
     was_training = encoder.training
@@ -272,7 +280,7 @@ def torch_decoded_batches(files, image_size, device, batch_size, num_workers, pr
 
 
 def cache_key(cfg, files):
-    """What the cached features depend on: backbone, weights, image size, grid and the exact files.
+    """What the cached features depend on: backbone and its blocks, weights, image size, pooling and the files.
 
     Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
     reused the other. Measured on the CPU (tests/test_fast_path.py), the two pipelines' features differ less
@@ -283,7 +291,9 @@ def cache_key(cfg, files):
     files_desc = [[f"{Path(f).parent.name}/{Path(f).name}", Path(f).stat().st_size if Path(f).exists() else -1]
                   for f in files]
     blob = json.dumps({"backbone": cfg.backbone, "weights": str(cfg.pretrained), "image_size": cfg.image_size,
-                       "grid": cfg.grid, "files": files_desc, "version": 1})
+                       "grid": cfg.grid, "files": files_desc, "version": 1,
+                       **({"blocks": cfg.backbone_blocks} if cfg.backbone_blocks else {}),
+                       **({"maps": True} if cfg.local_hidden else {})})
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -294,7 +304,9 @@ def cached_features(encoder, files, cfg, device, desc):
     mistaken for a cache; an unreadable or mismatching file is rebuilt.
     """
     key = cache_key(cfg, files)
-    path = Path(cfg.cache_dir) / f"{cfg.backbone}-{cfg.image_size}px-g{cfg.grid}-{key[:16]}.pt"
+    layout = "maps" if cfg.local_hidden else f"g{cfg.grid}"
+    blocks = f"-b{cfg.backbone_blocks}" if cfg.backbone_blocks else ""
+    path = Path(cfg.cache_dir) / f"{cfg.backbone}{blocks}-{cfg.image_size}px-{layout}-{key[:16]}.pt"
     if path.exists():
         try:
             c = torch.load(path, map_location="cpu", weights_only=True)

@@ -13,6 +13,8 @@ from conftest import REPO_ROOT, tiny_train_config
 from model import load_checkpoint
 from train import TrainConfig, cached_features, read_metrics, train
 
+LEVER_EPOCHS = 70
+
 
 def test_tiny_shapes_is_learned_to_object_f1_one(tiny_run):
     rows = read_metrics(tiny_run)
@@ -20,6 +22,20 @@ def test_tiny_shapes_is_learned_to_object_f1_one(tiny_run):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"] / 2
     assert max(r["object_f1"] for r in rows) == 1.0
     assert {"config.json", "vocab.json", "metrics.jsonl", "last.pt", "best.pt"} <= {p.name for p in tiny_run.iterdir()}
+
+
+def test_tiny_shapes_is_learned_with_the_recipe_levers(tiny_shapes, tmp_path):
+    """The shapes-cpu levers (a truncated CNN's whole map, a per-position MLP with a max, the image beside every
+    word) train end to end from their own cache of maps, and learn the tiny set."""
+    cfg = tiny_train_config(tiny_shapes, tmp_path, grid=1, head_hidden=0, backbone_blocks=14, local_hidden=64,
+                            image_every_step=True, epochs=LEVER_EPOCHS, save_every=LEVER_EPOCHS)
+    run_dir = train(cfg)
+    rows = read_metrics(run_dir)
+    assert max(r["object_f1"] for r in rows) == 1.0  # first reached at epoch 48 of 70 when written
+    (cache,) = Path(cfg.cache_dir).glob("mobilenet_v2-b14-64px-maps-*.pt")
+    assert torch.load(cache, weights_only=True)["features"].shape[1:] == (96, 4, 4)  # (C, h, w) per image
+    encoder, decoder, _, ckpt = load_checkpoint(run_dir / "best.pt")
+    assert decoder.image_every_step and encoder.local and ckpt["model_args"]["backbone_blocks"] == 14
 
 
 def test_checkpoint_round_trip_gives_the_same_captions(tiny_run, tiny_shapes):
@@ -90,8 +106,14 @@ def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, counting_ca
     cached_features(None, files, dataclasses.replace(cfg, image_size=96), "cpu", "test")
     cached_features(None, files, dataclasses.replace(cfg, backbone="resnet18"), "cpu", "test")
     assert counter.calls == 4  # another image size or backbone: rebuilt
+    cached_features(None, files, dataclasses.replace(cfg, backbone_blocks=14), "cpu", "test")
+    cached_features(None, files, dataclasses.replace(cfg, backbone_blocks=14, local_hidden=8), "cpu", "test")
+    assert counter.calls == 6  # a truncated CNN, or whole maps instead of pooled vectors: rebuilt
+    cached_features(None, files, dataclasses.replace(cfg, backbone_blocks=14, local_hidden=32), "cpu", "test")
+    assert counter.calls == 6  # the head's width is not the cache's business
     cache_files = list(tmp_path.glob("*.pt"))
-    assert len(cache_files) == 4 and not list(tmp_path.glob(".*tmp*"))
+    assert len(cache_files) == 6 and not list(tmp_path.glob(".*tmp*"))
+    assert len(list(tmp_path.glob("mobilenet_v2-b14-64px-maps-*.pt"))) == 1
 
 
 def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, counting_cache):
