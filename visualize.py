@@ -172,15 +172,22 @@ def transform_figure(image, eval_transform, train_transform, n_train=3, seed=0):
 
 def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280, grid=1, head_hidden=0,
                          embed_size=100, hidden_size=512, vocab_size=None, words=("a", "red", "circle"),
-                         embed_norm=False):
+                         embed_norm=False, backbone_blocks=0, local_hidden=0, image_every_step=False):
     """Boxes and arrows of Show and Tell with this configuration's sizes: the CNN encoder feeds the image
-    embedding to the LSTM at step 0; the caption's words follow; a linear layer scores the next word."""
+    embedding to the LSTM at step 0 (and beside every word with image_every_step); the caption's words follow;
+    a linear layer scores the next word. channels: the CNN map's channels (the encoder's feature_shape[0])."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     V = vocab_size or "V"
     features = channels * grid * grid
-    head = f"Linear {features}→{head_hidden}→ReLU→{embed_size}" if head_hidden else f"Linear {features}→{embed_size}"
+    if local_hidden:
+        pool = f"MLP at every position\n{channels}→{local_hidden}→{local_hidden}, ReLU\nmax over positions"
+        head = f"Linear {local_hidden}→{embed_size}"
+    else:
+        pool = f"average pool to {grid}x{grid}\nflatten: (B, {features})"
+        head = f"Linear {features}→{head_hidden}→ReLU→{embed_size}" if head_hidden else f"Linear {features}→{embed_size}"
     head += " → LayerNorm" if embed_norm else ""
+    blocks = f", first {backbone_blocks} blocks" if backbone_blocks else ""
     fig, ax = plt.subplots(figsize=(12, 5.6))
     ax.set_xlim(0, 12.2)
     ax.set_ylim(0, 6.2)
@@ -197,11 +204,12 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
     # The encoder, top to bottom on the left.
     x = 1.2
     box(x, 5.5, f"image\n(B, 3, {image_size}, {image_size})", word_in)
-    box(x, 4.2, f"CNN {backbone}\nImageNet weights, frozen\n(B, {channels}, h, w)", enc, h=1.0)
-    box(x, 2.85, f"average pool to {grid}x{grid}\nflatten: (B, {features})", enc)
+    box(x, 4.2, f"CNN {backbone}{blocks}\nImageNet weights, frozen\n(B, {channels}, h, w)", enc, w=2.1, h=1.0)
+    pool_h = 0.85 + 0.3 * bool(local_hidden)
+    box(x, 2.85, pool, enc, w=2.1, h=pool_h)
     box(x, 1.55, f"embedding (trained)\n{head.replace(' → LayerNorm', chr(10) + '→ LayerNorm')}\n(B, {embed_size})",
         enc, w=2.1, h=1.0 + 0.25 * embed_norm)
-    for y0, y1 in ((5.07, 4.7), (3.7, 3.28), (2.42, 2.05)):
+    for y0, y1 in ((5.07, 4.7), (3.7, 2.85 + pool_h / 2 + 0.05), (2.85 - pool_h / 2 - 0.05, 2.05)):
         arrow(x, y0, x, y1)
     ax.text(x, 0.55, "EncoderCNN", ha="center", fontsize=10, weight="bold")
     # The decoder, unrolled in time.
@@ -215,11 +223,15 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
         arrow(xt, 3.23, xt, 3.87)
         arrow(xt, 4.53, xt, 5.27)
         if t > 0:
-            box(xt, 1.55, f"word embedding\n{inputs[t - 1]} → ({embed_size},)", word_in, w=1.5, h=0.7)
+            if image_every_step:
+                box(xt, 1.55, f"[embedding of {inputs[t - 1]};\nimage] → ({2 * embed_size},)", word_in, w=1.5, h=0.7)
+            else:
+                box(xt, 1.55, f"word embedding\n{inputs[t - 1]} → ({embed_size},)", word_in, w=1.5, h=0.7)
             arrow(xt, 1.9, xt, 2.47)
             arrow(xs[t - 1] + 0.65, 2.85, xt - 0.65, 2.85)  # (h, c) carried to the next step
     arrow(x + 1.05, 1.75, xs[0], 2.47, connectionstyle="arc3,rad=0.2")
-    ax.text(xs[0], 1.55, "step 0:\nthe image", ha="center", va="center", fontsize=8, style="italic")
+    ax.text(xs[0], 1.55, "step 0:\nthe image" + (" (twice)" if image_every_step else ""), ha="center", va="center",
+            fontsize=8, style="italic")
     ax.text((xs[0] + xs[-1]) / 2, 0.55, "DecoderRNN", ha="center", fontsize=10, weight="bold")
     ax.text((xs[0] + xs[-1]) / 2, 0.1, "training: the true caption's words are the inputs (teacher forcing); "
             "sampling: each predicted word is fed back as the next input", ha="center", fontsize=8, color="0.3")
