@@ -114,8 +114,8 @@ class TrainConfig:
 # LayerNorm on the image embedding, the image beside every word, and a smaller LSTM.
 PRESETS = {
     "seed": {},
-    "shapes-cpu": dict(image_size=128, backbone_blocks=14, local_hidden=256, feature_norm=True, embed_norm=True,
-                       image_every_step=True, hidden_size=256, lr=2e-3, epochs=12),
+    "shapes-cpu": dict(image_size=128, backbone_blocks=14, local_hidden=128, feature_norm=True, embed_norm=True,
+                       image_every_step=True, hidden_size=128, lr=2e-3, epochs=20, best_metric="object_f1"),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 

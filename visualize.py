@@ -205,7 +205,7 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
     x = 1.2
     box(x, 5.5, f"image\n(B, 3, {image_size}, {image_size})", word_in)
     box(x, 4.2, f"CNN {backbone}{blocks}\nImageNet weights, frozen\n(B, {channels}, h, w)", enc, w=2.1, h=1.0)
-    pool_h = 0.85 + 0.3 * bool(local_hidden)
+    pool_h = 0.85 + 0.15 * bool(local_hidden)
     box(x, 2.85, pool, enc, w=2.1, h=pool_h)
     box(x, 1.55, f"embedding (trained)\n{head.replace(' → LayerNorm', chr(10) + '→ LayerNorm')}\n(B, {embed_size})",
         enc, w=2.1, h=1.0 + 0.25 * embed_norm)
