@@ -742,10 +742,11 @@ def read_metrics(run_dir):
 # Command line: every TrainConfig field is a flag
 # ---------------------------------------------------------------------------------------------------
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Train a Show-and-Tell captioner.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    # Each field's help shows its TrainConfig default; argparse's own default is None ("not given"), so that
+    # only the flags given override the preset, and argparse is not asked to print it.
+    parser = argparse.ArgumentParser(description="Train a Show-and-Tell captioner.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="seed",
-                        help="a starting set of defaults; flags after it override")
+                        help="a starting set of defaults; flags after it override (default: 'seed')")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):
