@@ -6,7 +6,7 @@
 From Python (the notebooks and evaluate.py use these):
     encoder, decoder, vocab, ckpt = model.load_checkpoint(path, device)
     caption_batch(encoder, decoder, vocab, images=x)            # x (B, 3, H, W) -> ["a caption", ...]
-    caption_batch(encoder, decoder, vocab, features=f, beam=3)  # f (B, D): pooled CNN features, as cached
+    caption_batch(encoder, decoder, vocab, features=f, beam=3)  # f: CNN features as cached, (B, D) or (B, C, h, w)
     captions, failures = caption_images(encoder, decoder, vocab, paths, image_size=...)
 
 Decoding itself (batched greedy and beam search) lives in model.py; this file feeds it and decodes the ids.
@@ -36,8 +36,9 @@ def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, m
                   length_penalty=0.0, with_scores=False):
     """Captions of one batch, as strings.
 
-    Give either images (B, 3, H, W), normalised as get_transform(train=False) makes them, or features
-    (B, D): pooled backbone features as the feature cache stores them (float16 is fine).
+    Give either images (B, 3, H, W), normalised as get_transform(train=False) makes them, or features as the
+    feature cache stores them, encoder.features(images): pooled (B, D), or whole maps (B, C, h, w) for an
+    encoder with local features (float16 is fine).
     beam=1 is greedy_search, beam>1 beam_search (ranked with the GNMT length_penalty alpha).
     Runs on the decoder's device: bf16 autocast on CUDA, fp32 elsewhere.
     Returns [caption, ...] (B strings), or with with_scores=True ([caption, ...], log-probabilities (B,) on
@@ -52,7 +53,7 @@ def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, m
         if images is not None:
             embedded = encoder(images.to(device))  # (B, E)
         else:
-            embedded = encoder.embed(features.to(device).float())  # (B, D) -> (B, E)
+            embedded = encoder.embed(features.to(device).float())  # (B, D) or (B, C, h, w) -> (B, E)
         if beam == 1:
             ids, scores = greedy_search(decoder, embedded, max_len)
         else:

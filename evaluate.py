@@ -619,7 +619,7 @@ def checkpoint_config(ckpt, **overrides):
 
 
 def split_image_features(encoder, dataset, cfg, model_args, device, batch_size=64):
-    """Pooled CNN features of a dataset's images: (features (N, D) float16, ok (N,), {file: reason}).
+    """CNN features of a dataset's images: (features (N, D) or maps (N, C, h, w) float16, ok (N,), {file: reason}).
 
     A frozen backbone's features go through train.cached_features with the training config, so the cache
     written while training (data/cache/) is reused; a fine-tuned backbone's are computed afresh.

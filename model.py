@@ -209,7 +209,8 @@ class EncoderCNN(nn.Module):
             self.backbone.eval()
 
     def fit_feature_stats(self, features):
-        """Fit the feature standardisation (if this encoder has one) to training features (N, D)."""
+        """Fit the feature standardisation (if this encoder has one) to training features: (N, D) or maps
+        (N, C, h, w)."""
         for module in self.embed.modules():
             if isinstance(module, Standardize):
                 module.fit(features)

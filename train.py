@@ -204,7 +204,7 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
             continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            features[index.to(device, non_blocking=True)] = encoder.features(images).half()  # (B, D)
+            features[index.to(device, non_blocking=True)] = encoder.features(images).half()  # (B, D) or (B, C, h, w)
         ok[index] = True
     encoder.train(was_training)
     return features.cpu(), ok, failures
@@ -347,7 +347,7 @@ class Split:
     tokens: torch.Tensor  # (N, max_len) caption ids padded with <end>
     lengths: torch.Tensor  # (N,)
     caption_image: torch.Tensor  # (N,) index into the images
-    features: torch.Tensor = None  # (images, D) float16, None when the backbone is trained
+    features: torch.Tensor = None  # (images, D) or (images, C, h, w) float16; None when the CNN is trained
     usable: np.ndarray = None  # caption indices whose image is usable
 
     def batch(self, index, length=None):

@@ -185,7 +185,8 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
         head = f"Linear {local_hidden}→{embed_size}"
     else:
         pool = f"average pool to {grid}x{grid}\nflatten: (B, {features})"
-        head = f"Linear {features}→{head_hidden}→ReLU→{embed_size}" if head_hidden else f"Linear {features}→{embed_size}"
+        head = f"Linear {features}→{head_hidden}→ReLU→{embed_size}" if head_hidden else \
+            f"Linear {features}→{embed_size}"
     head += " → LayerNorm" if embed_norm else ""
     blocks = f", first {backbone_blocks} blocks" if backbone_blocks else ""
     fig, ax = plt.subplots(figsize=(12, 5.6))

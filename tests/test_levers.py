@@ -85,7 +85,8 @@ def test_local_features_keep_what_pooling_mixes():
 
 def test_map_standardisation_is_per_channel():
     torch.manual_seed(0)
-    maps = torch.rand(20, 3, 4, 4) * torch.tensor([0.1, 5.0, 40.0])[:, None, None] + torch.tensor([1.0, -2.0, 9.0])[:, None, None]
+    scale, shift = torch.tensor([0.1, 5.0, 40.0]), torch.tensor([1.0, -2.0, 9.0])
+    maps = torch.rand(20, 3, 4, 4) * scale[:, None, None] + shift[:, None, None]  # channels far apart in scale
     norm = Standardize(3)
     norm.fit(maps)
     z = norm(maps)
