@@ -187,6 +187,9 @@ class EncoderCNN(nn.Module):
     def __init__(self, embed_size=100, backbone="resnet50", pretrained=True, train_backbone=False, grid=1,
                  head_hidden=0, embed_norm=False, feature_norm=False, backbone_blocks=0, local_hidden=0):
         super().__init__()
+        if min(local_hidden, head_hidden, backbone_blocks) < 0 or grid < 1:
+            raise ValueError(f"sizes must not be negative (and grid >= 1): local_hidden={local_hidden}, "
+                             f"head_hidden={head_hidden}, backbone_blocks={backbone_blocks}, grid={grid}")
         if local_hidden and (grid != 1 or head_hidden):
             raise ValueError("local_hidden replaces grid pooling and head_hidden: leave grid=1 and head_hidden=0")
         self.backbone, channels = build_backbone(backbone, pretrained, backbone_blocks)

@@ -45,7 +45,9 @@ def test_pooled_feature_shape_is_the_seed_vector():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(backbone_blocks=40), "trunk has 19 blocks"),
-    (dict(backbone_blocks=-1), "trunk has 19 blocks"),
+    (dict(backbone_blocks=-1), "must not be negative"),
+    (dict(local_hidden=-8), "must not be negative"),
+    (dict(grid=0), "grid >= 1"),
     (dict(local_hidden=8, grid=2), "leave grid=1 and head_hidden=0"),
     (dict(local_hidden=8, head_hidden=8), "leave grid=1 and head_hidden=0"),
 ])
