@@ -1,7 +1,7 @@
 """Tests of the shapes recipe's model options: a truncated CNN (backbone_blocks), local features with a max over
 positions (local_hidden) and the image beside every word (image_every_step).
 
-Tiny sizes, random weights, CPU only.
+Tiny sizes, random weights, CPU only (one torch thread: conftest's session fixture).
 """
 import pytest
 import torch
@@ -13,14 +13,6 @@ from model import DecoderRNN, EncoderCNN, LocalFeatures, Standardize, beam_searc
 START, END = 0, 1
 V, E, H = 12, 16, 24
 MAX_LEN = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------------------------------
