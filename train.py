@@ -179,8 +179,8 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
     (PNG, CMYK, truncated, ...) go through PIL as before. 'auto': torch on CUDA, pil elsewhere.
     batch_size: images per CNN batch; default 256 on CUDA, 64 elsewhere.
     Returns (features (N, D) float16 on the CPU, or maps (N, C, h, w) for an encoder with local features;
-    ok (N,) bool; failures {file name: reason}). Unreadable
-    images get ok=False and a zero row; callers skip them and say so.
+    ok (N,) bool; failures {file name: reason}). Unreadable images get ok=False and zeros; callers skip them
+    and say so.
     """
     device = torch.device(device)
     decode = resolve_decode(decode, device)
@@ -204,7 +204,8 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
             continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            features[index.to(device, non_blocking=True)] = encoder.features(images).half()  # (B, D) or (B, C, h, w)
+            # (B, D), or (B, C, h, w) maps
+            features[index.to(device, non_blocking=True)] = encoder.features(images).half()
         ok[index] = True
     encoder.train(was_training)
     return features.cpu(), ok, failures
