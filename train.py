@@ -649,6 +649,10 @@ def train(cfg):
                        "train_ppl": math.exp(min(train_loss, 50)), **metrics,
                        "captions_per_s": speed, "epoch_time_s": time.time() - t0}
             log_epoch(run_dir, metrics)
+            if cfg.best_metric not in metrics and epoch == start_epoch:
+                scores = sorted(k for k, v in metrics.items() if isinstance(v, float))
+                print(f"note: best_metric {cfg.best_metric!r} is not among this run's validation scores ({scores}); "
+                      "best.pt follows the lowest validation loss instead")
             score = metrics.get(cfg.best_metric, -metrics["val_loss"])
             improved = score > state["best"]
             state["best"] = max(state["best"], score)

@@ -67,6 +67,15 @@ def test_resume_ends_with_the_same_weights(tiny_shapes, tmp_path):
     assert len(read_metrics(resumed_dir)) == 2
 
 
+def test_an_unknown_best_metric_is_named_and_the_loss_decides(tiny_shapes, tmp_path, capsys):
+    run_dir = train(tiny_train_config(tiny_shapes, tmp_path, epochs=2, best_metric="object_F1"))
+    out = capsys.readouterr().out
+    assert out.count("best_metric 'object_F1' is not among") == 1 and "'object_f1'" in out
+    rows = read_metrics(run_dir)
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["epoch"] == min(rows, key=lambda r: r["val_loss"])["epoch"]
+
+
 def test_a_run_folder_is_never_overwritten(tiny_shapes, tmp_path):
     cfg = tiny_train_config(tiny_shapes, tmp_path, epochs=1)
     run_dir = train(cfg)
