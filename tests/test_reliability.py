@@ -455,7 +455,9 @@ def test_kill_9_during_training_and_checkpoint_writes_then_resume(tiny_shapes, t
     # 3. Resumed, and killed half-way through writing last.pt: the old last.pt is intact, the half file is a
     #    temporary one, and this epoch's metrics row was logged without its checkpoint.
     proc = start(["--resume", run_dir], tmp_path, half_write=".last.pt")
-    half_written = lambda: [p for p in run_dir.glob(".last.pt.tmp*") if p.stat().st_size > 0]
+    # This process's own temporary file (atomic_save names it by pid): a kill above may have left a complete
+    # one of its own behind, which this process removes when it starts, but maybe not before it is looked for.
+    half_written = lambda: [p for p in run_dir.glob(f".last.pt.tmp{proc.pid}") if p.stat().st_size > 0]
     kill_when(proc, half_written, tmp_path, "the checkpoint write", delay=0.05)
     (tmp,) = half_written()
     with pytest.raises(Exception):
@@ -499,7 +501,7 @@ def test_kill_9_during_feature_cache_build(small_run, tiny_shapes, tmp_path, cac
         f"error: {run_dir} holds no complete checkpoint (last.pt) to resume from; start a new run instead")
     # Killed half-way through writing the cache file.
     proc = start(cli_flags(cfg), tmp_path, half_write="px-g1-")
-    half_written = lambda: [p for p in fresh_cache.glob(".*.tmp*") if p.stat().st_size > 0]
+    half_written = lambda: [p for p in fresh_cache.glob(f".*.tmp{proc.pid}") if p.stat().st_size > 0]
     kill_when(proc, half_written, tmp_path, "the cache write", delay=0.05)
     assert not list(fresh_cache.glob("*.pt")) and half_written()
     # The next run builds a complete cache, the same as one built without interruption, and trains.
