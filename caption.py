@@ -3,13 +3,12 @@
     python caption.py --checkpoint runs/NAME/best.pt photo.jpg more_photos/   # one "path<TAB>caption" a line
     python caption.py images/ --beam 3                                         # the newest run's best.pt
 
-From Python (the notebooks and evaluate.py use these):
+From Python (the notebooks use these):
     encoder, decoder, vocab, ckpt = model.load_checkpoint(path, device)
-    caption_batch(encoder, decoder, vocab, images=x)            # x (B, 3, H, W) -> ["a caption", ...]
-    caption_batch(encoder, decoder, vocab, features=f, beam=3)  # f: CNN features as cached, (B, D) or (B, C, h, w)
     captions, failures = caption_images(encoder, decoder, vocab, paths, image_size=...)
 
-Decoding itself (batched greedy and beam search) lives in model.py; this file feeds it and decodes the ids.
+Captioning a batch of images or cached features (model.caption_batch) and decoding itself (batched greedy and
+beam search) live in model.py; this file finds the image files, feeds them in batches and names the failures.
 """
 import argparse
 import sys
@@ -20,51 +19,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_loader import ImageListDataset, ImageLoadError, collate_images, get_transform, load_image
-from evaluate import latest_checkpoint
-from model import beam_search, get_device, greedy_search, load_checkpoint
-from train import autocast
+from model import DEFAULT_MAX_LEN, caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-DEFAULT_MAX_LEN = 20  # words, for checkpoints whose config does not say (the Udacity project's value)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The one captioning function: a batch of images or features -> caption strings
-# ---------------------------------------------------------------------------------------------------
-@torch.inference_mode()
-def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, max_len=DEFAULT_MAX_LEN,
-                  length_penalty=0.0, with_scores=False):
-    """Captions of one batch, as strings.
-
-    Give either images (B, 3, H, W), normalised as get_transform(train=False) makes them, or features as the
-    feature cache stores them, encoder.features(images): pooled (B, D), or whole maps (B, C, h, w) for an
-    encoder with local features (float16 is fine).
-    beam=1 is greedy_search, beam>1 beam_search (ranked with the GNMT length_penalty alpha).
-    Runs on the decoder's device: bf16 autocast on CUDA, fp32 elsewhere.
-    Returns [caption, ...] (B strings), or with with_scores=True ([caption, ...], log-probabilities (B,) on
-    the CPU), each the sum over the caption's words and its <end>.
-    """
-    if (images is None) == (features is None):
-        raise ValueError("caption_batch needs images or features (exactly one of them)")
-    if beam < 1:
-        raise ValueError(f"beam width must be at least 1, got {beam}")
-    device = next(decoder.parameters()).device
-    with autocast(device):
-        if images is not None:
-            embedded = encoder(images.to(device))  # (B, E)
-        else:
-            embedded = encoder.embed(features.to(device).float())  # (B, D) or (B, C, h, w) -> (B, E)
-        if beam == 1:
-            ids, scores = greedy_search(decoder, embedded, max_len)
-        else:
-            ids, scores = beam_search(decoder, embedded, beam, max_len, length_penalty)
-    captions = [vocab.decode(c) for c in ids]
-    return (captions, scores.float().cpu()) if with_scores else captions
-
-
-def checkpoint_max_len(ckpt, max_len=None):
-    """max_len if given, else the longest caption the checkpoint was validated with."""
-    return max_len or ckpt.get("config", {}).get("max_len") or DEFAULT_MAX_LEN
 
 
 # ---------------------------------------------------------------------------------------------------

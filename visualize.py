@@ -274,10 +274,9 @@ def demo_captions(checkpoint=None, runs_dir="runs", data_root=None, splits=DEMO_
 
         save_figure(demo_captions(), "images/figures/demo_captions.png", dpi=80, colors=256)   # what `make demo` does
     """
-    from caption import caption_images, checkpoint_max_len
+    from caption import caption_images
     from data_loader import find_split, load_coco
-    from evaluate import latest_checkpoint
-    from model import load_checkpoint
+    from model import checkpoint_max_len, latest_checkpoint, load_checkpoint
 
     checkpoint = Path(checkpoint or latest_checkpoint(runs_dir))
     encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint)

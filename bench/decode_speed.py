@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's modules
 
-from model import DecoderRNN, beam_search, get_device, greedy_search  # noqa: E402
-from train import autocast  # noqa: E402
+from model import DecoderRNN, autocast, beam_search, get_device, greedy_search  # noqa: E402
 
 EMBED_SIZE, HIDDEN_SIZE = 100, 512  # the seed's decoder
 COCO_VOCAB = 10_000  # about what COCO's training captions give with threshold 5

@@ -8,11 +8,11 @@ The workload is made here: --pool distinct 640x480-ish JPEGs of about COCO's mea
 hard-linked under --images names (the figures measure decoding and the CNN, not the disk; the pool sits in
 the page cache), and --captions random captions with COCO-like lengths over a 10,000-word vocabulary.
 It measures, with the repository's own functions:
-  cache build    train.compute_features with decode='torch' (nvJPEG on CUDA: threads read bytes two batches
+  cache build    features.compute_features with decode='torch' (nvJPEG on CUDA: threads read bytes two batches
                  ahead, batched GPU decode, resize/crop/normalise on the GPU, bf16 channels_last CNN), and
                  with decode='pil' (the DataLoader of PIL workers) on --pil-images of them, for comparison;
   epoch          train.train_one_epoch on the cached features (decoder training, no DataLoader);
-  captioning     caption.caption_batch from features, greedy and beam 3 (every caption runs --max-len words);
+  captioning     model.caption_batch from features, greedy and beam 3 (every caption runs --max-len words);
   seed loop      the seed's way: the CNN on every batch, one loader process (PIL), fp32, its sampler
                  (bench/train_speed.py's seed_train_indices), for the ratio.
 It prints a table and writes a JSON file. The CNN is ResNet-50 (the coco preset) with ImageNet weights if they
@@ -46,11 +46,11 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's modules
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the other benchmarks
 
-from caption import caption_batch  # noqa: E402
 from data_loader import CocoCaptionDataset, LengthBatchSampler, get_transform  # noqa: E402
 from decode_speed import COCO_VOCAB, make_decoder, sync, timed  # noqa: E402
-from model import build_model, get_device, resolve_weights, set_seed, weights_path  # noqa: E402
-from train import PRESETS, Captioner, Split, TrainConfig, compute_features, train_one_epoch  # noqa: E402
+from features import compute_features  # noqa: E402
+from model import build_model, caption_batch, get_device, resolve_weights, set_seed, weights_path  # noqa: E402
+from train import PRESETS, Captioner, Split, TrainConfig, train_one_epoch  # noqa: E402
 from train_speed import make_model, seed_train_indices, step  # noqa: E402
 from vocabulary import Vocabulary  # noqa: E402
 
@@ -178,7 +178,7 @@ def bench_epoch(encoder, features, args, cfg, vocab, device):
 
 
 def bench_captioning(encoder, features, vocab, args, device):
-    """Images per second of greedy and beam-3 captions from cached features (caption.caption_batch)."""
+    """Images per second of greedy and beam-3 captions from cached features (model.caption_batch)."""
     decoder = make_decoder(len(vocab), device)  # random weights, <end> pushed down: every caption --max-len words
     n = min(args.decode_images, len(features))
     feats = features[:n].to(device)

@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, SubsetRandomSampler
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_loader import CocoCaptionDataset, find_split, get_transform  # noqa: E402
 from model import build_model, set_seed  # noqa: E402
-from train import PRESETS, Captioner, caption_loss, cached_features, ensure_data, make_config  # noqa: E402
+from features import cached_features  # noqa: E402
+from train import PRESETS, Captioner, caption_loss, ensure_data, make_config  # noqa: E402
 from vocabulary import load_or_build_vocab  # noqa: E402
 from data_loader import default_vocab_file, train_captions_file  # noqa: E402
 
@@ -110,8 +111,9 @@ def main(argv=None):
     dataset = CocoCaptionDataset(*find_split(cfg.data_root, cfg.train_split), vocab)
     encoder, _ = build_model(cfg.model_args(vocab))
     t0 = time.perf_counter()
-    features, ok, _ = cached_features(encoder.to(memory_format=torch.channels_last), dataset.image_files, cfg,
-                                      torch.device("cpu"), desc="feature cache")
+    features, ok, _ = cached_features(encoder.to(memory_format=torch.channels_last), dataset.image_files,
+                                      cfg.model_args(vocab), cfg.cache_dir, torch.device("cpu"),
+                                      num_workers=cfg.num_workers, desc="feature cache")
     cache_s = time.perf_counter() - t0
     repo = repo_loop(cfg, dataset, features, args.steps)
     seed = seed_loop(cfg, dataset, args.seed_steps)

@@ -17,9 +17,10 @@ from PIL import Image
 
 import caption
 import evaluate
+import metrics
 from conftest import REPO_ROOT, tiny_train_config
 from data_loader import CocoCaptionDataset, find_split, get_transform, load_image
-from model import beam_search, greedy_search, load_checkpoint
+from model import beam_search, caption_batch, greedy_search, latest_checkpoint, load_checkpoint
 
 NOTEBOOK = REPO_ROOT / "3_Inference.ipynb"
 CPU = torch.device("cpu")
@@ -50,9 +51,9 @@ def checkpoint(tiny_shapes, tmp_path_factory, one_thread):
 def tiny_test_split(checkpoint):
     """(encoder, decoder, vocab, dataset, cached features (N, D)) of the tiny test split."""
     encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint)
-    cfg = evaluate.checkpoint_config(ckpt)
-    dataset = CocoCaptionDataset(*find_split(cfg.data_root, "test"), vocab)
-    features, ok, failures = evaluate.split_image_features(encoder, dataset, cfg, ckpt["model_args"], CPU)
+    settings = evaluate.checkpoint_settings(ckpt)
+    dataset = CocoCaptionDataset(*find_split(settings["data_root"], "test"), vocab)
+    features, ok, failures = evaluate.split_image_features(encoder, dataset, settings, ckpt["model_args"], CPU)
     assert bool(ok.all()) and not failures
     return encoder, decoder, vocab, dataset, features
 
@@ -72,9 +73,9 @@ def sequence_logprob(encoder, decoder, vocab, feature, text, max_len):
 # ---------------------------------------------------------------------------------------------------
 def test_beam_3_finds_likelier_captions_than_greedy_and_scores_match_the_captions(tiny_test_split):
     encoder, decoder, vocab, dataset, features = tiny_test_split
-    greedy, greedy_lp = caption.caption_batch(encoder, decoder, vocab, features=features, beam=1, max_len=MAX_LEN,
+    greedy, greedy_lp = caption_batch(encoder, decoder, vocab, features=features, beam=1, max_len=MAX_LEN,
                                               with_scores=True)
-    beam, beam_lp = caption.caption_batch(encoder, decoder, vocab, features=features, beam=3, max_len=MAX_LEN,
+    beam, beam_lp = caption_batch(encoder, decoder, vocab, features=features, beam=3, max_len=MAX_LEN,
                                           with_scores=True)
     assert len(greedy) == len(beam) == len(dataset.image_ids) == 16
     assert greedy_lp.shape == beam_lp.shape == (16,)
@@ -101,13 +102,13 @@ def test_captions_are_the_decoders_ids_decoded_and_images_equal_features(tiny_te
     with torch.no_grad():
         features = encoder.features(images)  # (6, D), fp32
         embedded = encoder.embed(features)
-    from_images = caption.caption_batch(encoder, decoder, vocab, images=images, beam=3, max_len=MAX_LEN)
-    from_features = caption.caption_batch(encoder, decoder, vocab, features=features, beam=3, max_len=MAX_LEN)
+    from_images = caption_batch(encoder, decoder, vocab, images=images, beam=3, max_len=MAX_LEN)
+    from_features = caption_batch(encoder, decoder, vocab, features=features, beam=3, max_len=MAX_LEN)
     assert from_images == from_features
     ids, _ = beam_search(decoder, embedded, 3, MAX_LEN)
     assert from_images == [vocab.decode(c) for c in ids]
     with pytest.raises(ValueError, match="exactly one"):
-        caption.caption_batch(encoder, decoder, vocab, images=images, features=features)
+        caption_batch(encoder, decoder, vocab, images=images, features=features)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -136,12 +137,12 @@ def test_evaluate_cli_writes_coco_results_and_the_scores_of_them(checkpoint, tin
     written = {r["image_id"]: r["caption"] for r in json.loads(captions_file.read_text())}
     references = {i: [a["caption"] for a in coco.imgToAnns[i]] for i in written}
     # Recomputed here without METEOR, whose JVM takes ~10 s to load its paraphrase table.
-    expected = evaluate.score_captions(references, written, metrics=("Bleu", "ROUGE_L", "CIDEr"), backend="auto")
+    expected = metrics.score_captions(references, written, metrics=("Bleu", "ROUGE_L", "CIDEr"), backend="auto")
     truth = load_ground_truth(tiny_shapes, "test")
     objects = object_f1(written, {i: truth[i] for i in written})
     record = json.loads(scores_file.read_text())
     assert record["split"] == "test" and record["beam"] == 3 and record["n_images"] == 16
-    java = evaluate._java_ready()
+    java = metrics._java_ready()
     assert set(record["scores"]) == set(expected) | {"object_f1", "object_exact"} | ({"METEOR"} if java else set())
     for key, value in expected.items():
         assert record["scores"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
@@ -154,7 +155,7 @@ def test_evaluate_cli_writes_coco_results_and_the_scores_of_them(checkpoint, tin
     assert "SPICE" in record["missing"]
 
 
-@pytest.mark.filterwarnings("ignore::evaluate.MissingMetricWarning")  # --backend python: no METEOR, as asked
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")  # --backend python: no METEOR, as asked
 def test_beam_1_through_the_cli_is_the_training_time_greedy_path(checkpoint, tiny_test_split, tmp_path, capsys):
     import train as train_mod
 
@@ -165,7 +166,7 @@ def test_beam_1_through_the_cli_is_the_training_time_greedy_path(checkpoint, tin
     written = {r["image_id"]: r["caption"] for r in json.loads((tmp_path / "captions_test_beam1.json").read_text())}
     # Independently: validation's greedy captions (train.caption_features) and model.beam_search with width 1.
     _, _, _, ckpt = load_checkpoint(checkpoint)
-    cfg = evaluate.checkpoint_config(ckpt, val_images=0)
+    cfg = train_mod.TrainConfig(**evaluate.checkpoint_settings(ckpt, val_images=0))
     split = train_mod.load_split(cfg, "test", vocab, encoder, CPU)
     validation = train_mod.caption_features(train_mod.Captioner(encoder, decoder), split, split.features, cfg, CPU)
     assert written == validation
@@ -202,7 +203,7 @@ def test_help_shows_every_default(capsys):
 
 def test_latest_checkpoint_is_the_newest_run(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no run under .*python train\.py or 2_Training\.ipynb"):
-        evaluate.latest_checkpoint(tmp_path / "runs")
+        latest_checkpoint(tmp_path / "runs")
     runs = tmp_path / "runs"
     for name, mtime in (("b-old", 1_000), ("a-new", 3_000), ("c-mid", 2_000)):
         (runs / name).mkdir(parents=True)
@@ -210,10 +211,10 @@ def test_latest_checkpoint_is_the_newest_run(tmp_path):
         os.utime(runs / name / "best.pt", (mtime, mtime))
     (runs / "d-unfinished").mkdir()
     (runs / "d-unfinished" / "last.pt").write_bytes(b"x")  # newest folder, but no best.pt
-    assert evaluate.latest_checkpoint(runs) == runs / "a-new" / "best.pt"
+    assert latest_checkpoint(runs) == runs / "a-new" / "best.pt"
     os.utime(runs / "c-mid" / "best.pt", (5_000, 5_000))
-    assert evaluate.latest_checkpoint(runs) == runs / "c-mid" / "best.pt"
-    assert evaluate.latest_checkpoint(runs, name="last.pt") == runs / "d-unfinished" / "last.pt"
+    assert latest_checkpoint(runs) == runs / "c-mid" / "best.pt"
+    assert latest_checkpoint(runs, name="last.pt") == runs / "d-unfinished" / "last.pt"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Tests of evaluate.py: the pure-Python BLEU/ROUGE-L/CIDEr-D and PTB tokenizer against pycocoevalcap's Java path.
+"""Tests of metrics.py: the pure-Python BLEU/ROUGE-L/CIDEr-D and PTB tokenizer against pycocoevalcap's Java path.
 
 Reference numbers come from pycocoevalcap itself, run on real COCO captions (../shared/data/coco-mini); the
 tests that need those files or Java skip cleanly without them.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import evaluate
-from evaluate import MissingMetricWarning, format_scores, ptb_tokenize, score_captions, score_tokenized
+import metrics
+from metrics import MissingMetricWarning, format_scores, ptb_tokenize, score_captions, score_tokenized
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HAVE_JAVA = shutil.which("java") is not None and importlib.util.find_spec("pycocoevalcap") is not None
@@ -137,7 +137,7 @@ def test_lcs_matches_dynamic_programming():
     for _ in range(300):
         a = [rng.choice("abcd") for _ in range(rng.randint(1, 14))]
         b = [rng.choice("abcde") for _ in range(rng.randint(1, 14))]
-        assert evaluate._lcs_length(a, b) == my_lcs(a, b)
+        assert metrics._lcs_length(a, b) == my_lcs(a, b)
 
 
 @requires_java
@@ -148,7 +148,7 @@ def test_raw_captions_python_backend_close_to_java(val_captions, java_val_scores
 
 @requires_java
 def test_java_backend_reports_every_metric(java_val_scores):
-    assert set(java_val_scores) == set(evaluate.METRIC_KEYS)
+    assert set(java_val_scores) == set(metrics.METRIC_KEYS)
     assert java_val_scores.missing == {}
     assert 0.1 < java_val_scores["METEOR"] < 0.5  # human vs human captions
     assert all(math.isfinite(v) for v in java_val_scores.values())
@@ -179,7 +179,7 @@ def test_empty_candidates_score_zero(backend):
 @pytest.fixture
 def no_java(monkeypatch):
     """Pretend that Java is not installed."""
-    monkeypatch.setattr(evaluate.shutil, "which", lambda name, *args, **kwargs: None)
+    monkeypatch.setattr(metrics.shutil, "which", lambda name, *args, **kwargs: None)
 
 
 def test_without_java_meteor_is_missing_with_its_reason(no_java):
@@ -199,7 +199,7 @@ def test_java_backend_without_java_says_what_to_do(no_java):
 
 
 def test_module_imports_without_java_or_side_effects(tmp_path):
-    code = "import evaluate; print(evaluate.ptb_tokenize(\"A dog's ball.\"))"
+    code = "import metrics; print(metrics.ptb_tokenize(\"A dog's ball.\"))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env={"PATH": str(tmp_path)},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

@@ -34,6 +34,8 @@ from PIL import Image
 import caption
 import data_loader as dl
 import evaluate
+import features as features_mod
+import metrics
 import model
 import train as train_mod
 from conftest import REPO_ROOT, tiny_train_config
@@ -158,7 +160,7 @@ def test_strict_cli_turns_a_skip_into_one_error_line(tiny_shapes, tmp_path, cach
     assert not (tmp_path / "runs" / "tiny" / "last.pt").exists()
 
 
-@pytest.mark.filterwarnings("ignore::evaluate.MissingMetricWarning")  # --backend python: no METEOR, as asked
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")  # --backend python: no METEOR, as asked
 def test_evaluate_skips_bad_images_counts_and_names_them(small_run, tiny_shapes, tmp_path, capsys):
     root = tmp_path / "bad"
     bad = bad_copy(tiny_shapes, root, split="test", truncated=[0], missing=[1])
@@ -221,7 +223,7 @@ def test_every_image_mode_is_used_not_skipped(tmp_path):
     encoder, _ = model.build_model(dict(embed_size=8, hidden_size=8, vocab_size=5, backbone="mobilenet_v2",
                                         pretrained=False))
     files = [tmp_path / "train2017" / n for n in names]
-    features, ok, failures = train_mod.compute_features(encoder, files, 32, torch.device("cpu"), num_workers=0)
+    features, ok, failures = features_mod.compute_features(encoder, files, 32, torch.device("cpu"), num_workers=0)
     assert failures == {} and bool(ok.all()) and torch.isfinite(features.float()).all()
 
 
@@ -264,7 +266,7 @@ def test_bad_annotation_files_through_the_clis_are_one_line(small_run, tmp_path,
 # ---------------------------------------------------------------------------------------------------
 # 6: empty, punctuation, emoji, non-Latin and very long captions
 # ---------------------------------------------------------------------------------------------------
-@pytest.mark.filterwarnings("ignore::evaluate.MissingMetricWarning")
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")
 def test_captions_in_any_script_are_kept_and_junk_is_counted(tmp_path):
     for i in (1, 2):
         Image.new("RGB", (16, 16), (i * 50, 0, 0)).save(tmp_path / f"{i}.jpg")
@@ -283,7 +285,7 @@ def test_captions_in_any_script_are_kept_and_junk_is_counted(tmp_path):
                                                                "一只红色的猫", "قطة حمراء"]
     # Scoring keeps non-Latin words whole: a candidate equal to a reference matches word for word.
     refs = ds.references()
-    scores = evaluate.score_captions(refs, {1: refs[1][0], 2: refs[2][0]}, metrics=("Bleu",), backend="python")
+    scores = metrics.score_captions(refs, {1: refs[1][0], 2: refs[2][0]}, metrics=("Bleu",), backend="python")
     assert scores["Bleu_1"] == pytest.approx(1.0)
 
 
@@ -588,13 +590,13 @@ def test_checkpoint_with_pickled_code_is_refused_and_never_runs(small_run, tiny_
     # A feature cache file holding code is not used either: it is rebuilt.
     cfg = train_mod.TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path / "cache"), image_size=64)
     files = sorted((tiny_shapes / "val2017").glob("*.jpg"))
-    key = train_mod.cache_key(cfg, files)
+    key = features_mod.cache_key(dataclasses.asdict(cfg), files)
     cache_file = Path(cfg.cache_dir) / f"{cfg.backbone}-{cfg.image_size}px-g{cfg.grid}-{key[:16]}.pt"
     cache_file.parent.mkdir()
     torch.save({"key": key, "features": Payload(marker)}, cache_file)
-    monkeypatch.setattr(train_mod, "compute_features",
+    monkeypatch.setattr(features_mod, "compute_features",
                         lambda encoder, f, *a, **k: (torch.zeros(len(f), 3).half(), torch.ones(len(f), dtype=torch.bool), {}))
-    features, ok, _ = train_mod.cached_features(None, files, cfg, "cpu", "test")
+    features, ok, _ = features_mod.cached_features(None, files, dataclasses.asdict(cfg), cfg.cache_dir, "cpu")
     assert features.shape == (len(files), 3)
     assert "is unreadable (UnpicklingError); rebuilding it" in capsys.readouterr().out
     assert not marker.exists()

@@ -10,8 +10,9 @@ import torch
 
 import train as train_mod
 from conftest import REPO_ROOT, tiny_train_config
+from metrics import caption_metrics
 from model import load_checkpoint
-from train import TrainConfig, cached_features, read_metrics, train
+from train import TrainConfig, read_metrics, train
 
 LEVER_EPOCHS = 70
 
@@ -46,7 +47,7 @@ def test_checkpoint_round_trip_gives_the_same_captions(tiny_run, tiny_shapes):
     split = train_mod.load_split(cfg, "train", vocab, encoder, torch.device("cpu"))
     model = train_mod.Captioner(encoder, decoder)
     captions = train_mod.caption_features(model, split, split.features, cfg, torch.device("cpu"))
-    scores = train_mod.caption_metrics(split.dataset, captions, cfg.data_root, "train")
+    scores = caption_metrics(split.dataset, captions, cfg.data_root, "train")
     # The reloaded model reproduces the scores logged when the checkpoint was written, to the last digit.
     for key in ("object_f1", "Bleu_4", "CIDEr"):
         assert scores[key] == pytest.approx(raw["metrics"][key], abs=1e-12)
@@ -83,57 +84,6 @@ def test_a_run_folder_is_never_overwritten(tiny_shapes, tmp_path):
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
     assert (run_dir / "last.pt").read_bytes() == before
-
-
-class CountingEncoder:
-    """Stands in for the encoder's feature pass and counts how often the cache is (re)built."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def __call__(self, encoder, files, *args, **kwargs):
-        self.calls += 1
-        return torch.arange(len(files)).float().half()[:, None].repeat(1, 3), torch.ones(len(files), dtype=torch.bool), {}
-
-
-@pytest.fixture
-def counting_cache(tiny_shapes, tmp_path, monkeypatch):
-    """(counter of feature passes, a config whose cache lives in tmp_path)."""
-    counter = CountingEncoder()
-    monkeypatch.setattr(train_mod, "compute_features", counter)
-    return counter, TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
-
-
-def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, counting_cache):
-    counter, cfg = counting_cache
-    files = sorted((tiny_shapes / "train2017").glob("*.jpg"))
-    first, _, _ = cached_features(None, files, cfg, "cpu", "test")
-    cached_features(None, files, cfg, "cpu", "test")
-    assert counter.calls == 1  # same inputs: reused
-    shorter, _, _ = cached_features(None, files[:-1], cfg, "cpu", "test")
-    assert counter.calls == 2 and len(shorter) == len(files) - 1  # another file list: rebuilt
-    cached_features(None, files, dataclasses.replace(cfg, image_size=96), "cpu", "test")
-    cached_features(None, files, dataclasses.replace(cfg, backbone="resnet18"), "cpu", "test")
-    assert counter.calls == 4  # another image size or backbone: rebuilt
-    cached_features(None, files, dataclasses.replace(cfg, backbone_blocks=14), "cpu", "test")
-    cached_features(None, files, dataclasses.replace(cfg, backbone_blocks=14, local_hidden=8), "cpu", "test")
-    assert counter.calls == 6  # a truncated CNN, or whole maps instead of pooled vectors: rebuilt
-    cached_features(None, files, dataclasses.replace(cfg, backbone_blocks=14, local_hidden=32), "cpu", "test")
-    assert counter.calls == 6  # the head's width is not the cache's business
-    cache_files = list(tmp_path.glob("*.pt"))
-    assert len(cache_files) == 6 and not list(tmp_path.glob(".*tmp*"))
-    assert len(list(tmp_path.glob("mobilenet_v2-b14-64px-maps-*.pt"))) == 1
-
-
-def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, counting_cache):
-    counter, cfg = counting_cache
-    files = sorted((tiny_shapes / "val2017").glob("*.jpg"))
-    good, _, _ = cached_features(None, files, cfg, "cpu", "test")
-    (path,) = tmp_path.glob("*.pt")
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as if the disk filled mid-write
-    again, _, _ = cached_features(None, files, cfg, "cpu", "test")
-    assert counter.calls == 2 and torch.equal(good, again)
-    assert torch.load(path, weights_only=True)["features"].shape == good.shape
 
 
 def test_torchrun_two_cpu_processes(tiny_shapes, tmp_path):

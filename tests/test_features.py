@@ -1,5 +1,6 @@
-"""The fast GPU path, tested on the CPU: the tensor transform, torch decoding with its PIL fallback, the
-torch.compile guard and bench/gpu.py. CUDA runs the same functions (decode_jpeg with device='cuda')."""
+"""features.py: the feature cache and its key, and the fast GPU path tested on the CPU (the tensor transform,
+torch decoding with its PIL fallback), plus the torch.compile guard and bench/gpu.py. CUDA runs the same functions (decode_jpeg with device='cuda')."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,9 +12,12 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 import model as model_mod
+import features as features_mod
 import train as train_mod
 from conftest import REPO_ROOT, tiny_train_config
 from data_loader import get_transform, jpeg_header, load_image, tensor_eval_transform
+from features import cached_features
+from train import TrainConfig
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec; they still work and are what this tests.
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
@@ -86,11 +90,11 @@ def test_jpeg_header_takes_plain_jpegs_and_leaves_the_rest_to_pil(tmp_path):
 
 
 def test_decode_auto_means_torch_on_cuda_only():
-    assert train_mod.resolve_decode("auto", torch.device("cpu")) == "pil"
-    assert train_mod.resolve_decode("auto", torch.device("cuda")) == "torch"
-    assert train_mod.resolve_decode("torch", "cpu") == "torch"
+    assert features_mod.resolve_decode("auto", torch.device("cpu")) == "pil"
+    assert features_mod.resolve_decode("auto", torch.device("cuda")) == "torch"
+    assert features_mod.resolve_decode("torch", "cpu") == "torch"
     with pytest.raises(ValueError, match="decode must be one of"):
-        train_mod.resolve_decode("nvjpeg", "cpu")
+        features_mod.resolve_decode("nvjpeg", "cpu")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -122,16 +126,16 @@ def encoder():
 
 def test_torch_decoding_gives_pil_features_and_the_same_failures(mixed_files, encoder, monkeypatch):
     through_pil = []
-    real_load_image = train_mod.load_image
+    real_load_image = features_mod.load_image
 
     def counting_load_image(path):
         through_pil.append(path.name if hasattr(path, "name") else str(path))
         return real_load_image(path)
 
-    pil, pil_ok, pil_failures = train_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4,
+    pil, pil_ok, pil_failures = features_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4,
                                                            num_workers=0, decode="pil")
-    monkeypatch.setattr(train_mod, "load_image", counting_load_image)
-    got, ok, failures = train_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4, num_workers=2,
+    monkeypatch.setattr(features_mod, "load_image", counting_load_image)
+    got, ok, failures = features_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4, num_workers=2,
                                                    decode="torch")
     assert failures == pil_failures == {"truncated.jpg": "unreadable", "garbage.jpg": "unreadable",
                                         "missing.jpg": "missing"}
@@ -150,7 +154,7 @@ def test_an_image_the_gpu_decoder_refuses_goes_to_pil(mixed_files, encoder, monk
     image at a time and the refused image is loaded by PIL, still counted as ok."""
     files = [f for f in mixed_files if f.exists() and (jpeg_header(f.read_bytes()) or (0, 0, 0))[2] in (1, 3)][:5]
     refused = files[2].read_bytes()
-    real_decode = train_mod.decode_jpeg
+    real_decode = features_mod.decode_jpeg
     calls = []
 
     def picky_decode(data, **kwargs):
@@ -159,10 +163,10 @@ def test_an_image_the_gpu_decoder_refuses_goes_to_pil(mixed_files, encoder, monk
             raise RuntimeError("nvjpeg: unsupported")
         return real_decode(data, **kwargs)
 
-    expected, expected_ok, _ = train_mod.compute_features(encoder, files, 48, "cpu", batch_size=8, num_workers=0,
+    expected, expected_ok, _ = features_mod.compute_features(encoder, files, 48, "cpu", batch_size=8, num_workers=0,
                                                           decode="pil")
-    monkeypatch.setattr(train_mod, "decode_jpeg", picky_decode)
-    got, ok, failures = train_mod.compute_features(encoder, files, 48, "cpu", batch_size=8, num_workers=1,
+    monkeypatch.setattr(features_mod, "decode_jpeg", picky_decode)
+    got, ok, failures = features_mod.compute_features(encoder, files, 48, "cpu", batch_size=8, num_workers=1,
                                                    decode="torch")
     assert calls[0] == "batch" and calls.count("one") == 5
     assert failures == {} and torch.equal(ok, expected_ok)
@@ -272,3 +276,62 @@ def test_decoding_gap_is_below_invisible_noise(tiny_shapes, encoder):
     noise_gap = 1 - torch.nn.functional.cosine_similarity(reference, jittered)
     print(f"mean 1 - cosine: decoding {decoding_gap.mean():.2e}, half-level noise {noise_gap.mean():.2e}")
     assert decoding_gap.mean() < 0.5 * noise_gap.mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cache: keyed by its inputs, rebuilt when broken
+# ---------------------------------------------------------------------------------------------------
+class CountingEncoder:
+    """Stands in for the encoder's feature pass and counts how often the cache is (re)built."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, encoder, files, *args, **kwargs):
+        self.calls += 1
+        return torch.arange(len(files)).float().half()[:, None].repeat(1, 3), torch.ones(len(files), dtype=torch.bool), {}
+
+
+@pytest.fixture
+def counting_cache(tiny_shapes, tmp_path, monkeypatch):
+    """(counter of feature passes, a config whose cache lives in tmp_path)."""
+    counter = CountingEncoder()
+    monkeypatch.setattr(features_mod, "compute_features", counter)
+    return counter, TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path), image_size=64)
+
+
+def cached(files, cfg):
+    """features.cached_features with a config's settings, as train.py calls it."""
+    return cached_features(None, files, dataclasses.asdict(cfg), cfg.cache_dir, "cpu", desc="test")
+
+
+def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, counting_cache):
+    counter, cfg = counting_cache
+    files = sorted((tiny_shapes / "train2017").glob("*.jpg"))
+    first, _, _ = cached(files, cfg)
+    cached(files, cfg)
+    assert counter.calls == 1  # same inputs: reused
+    shorter, _, _ = cached(files[:-1], cfg)
+    assert counter.calls == 2 and len(shorter) == len(files) - 1  # another file list: rebuilt
+    cached(files, dataclasses.replace(cfg, image_size=96))
+    cached(files, dataclasses.replace(cfg, backbone="resnet18"))
+    assert counter.calls == 4  # another image size or backbone: rebuilt
+    cached(files, dataclasses.replace(cfg, backbone_blocks=14))
+    cached(files, dataclasses.replace(cfg, backbone_blocks=14, local_hidden=8))
+    assert counter.calls == 6  # a truncated CNN, or whole maps instead of pooled vectors: rebuilt
+    cached(files, dataclasses.replace(cfg, backbone_blocks=14, local_hidden=32))
+    assert counter.calls == 6  # the head's width is not the cache's business
+    cache_files = list(tmp_path.glob("*.pt"))
+    assert len(cache_files) == 6 and not list(tmp_path.glob(".*tmp*"))
+    assert len(list(tmp_path.glob("mobilenet_v2-b14-64px-maps-*.pt"))) == 1
+
+
+def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, counting_cache):
+    counter, cfg = counting_cache
+    files = sorted((tiny_shapes / "val2017").glob("*.jpg"))
+    good, _, _ = cached(files, cfg)
+    (path,) = tmp_path.glob("*.pt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # as if the disk filled mid-write
+    again, _, _ = cached(files, cfg)
+    assert counter.calls == 2 and torch.equal(good, again)
+    assert torch.load(path, weights_only=True)["features"].shape == good.shape

@@ -1,0 +1,219 @@
+"""The frozen CNN's features, computed once per image and cached on disk.
+
+    features, ok, failures = cached_features(encoder, files, model_args, "data/cache", device)
+
+With the backbone frozen (the default, as in the seed), training, evaluation and the notebooks never run the
+CNN twice on one image: `compute_features` runs it over a list of files, and `cached_features` stores the
+result under data/cache/, keyed by everything the features depend on (`cache_key`). Two decoding pipelines
+feed the CNN: PIL in DataLoader worker processes (the CPU path), and torchvision's decode_jpeg on the device
+(nvJPEG on CUDA) with the resize, crop and normalisation done there too (the GPU path).
+
+`atomic_save` (write a temporary file, then rename) is how caches and checkpoints are written.
+"""
+import hashlib
+import json
+import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision.io import ImageReadMode, decode_jpeg
+from tqdm.auto import tqdm
+
+from data_loader import (MAX_IMAGE_PIXELS, ImageListDataset, ImageLoadError, collate_images, get_transform,
+                         jpeg_header, load_image, tensor_eval_transform)
+from model import autocast
+
+DECODERS = ("auto", "pil", "torch")
+
+
+def resolve_decode(decode, device):
+    """'torch' or 'pil'. auto: torchvision's decode_jpeg on CUDA (nvJPEG, batched on the GPU); PIL elsewhere,
+    where the CNN dominates and PIL worker processes decode beside it (bench/gpu.py: the same speed on a CPU)."""
+    if decode not in DECODERS:
+        raise ValueError(f"decode must be one of {DECODERS}, got {decode!r}")
+    if decode == "auto":
+        return "torch" if torch.device(device).type == "cuda" else "pil"
+    return decode
+
+
+@torch.inference_mode()
+def compute_features(encoder, files, image_size, device, batch_size=None, num_workers=2, desc="CNN features",
+                     decode="auto"):
+    """Pooled CNN features of image files with the evaluation transform.
+
+    decode: 'pil' reads and transforms images with PIL in `num_workers` DataLoader processes; 'torch' reads
+    bytes in `num_workers` threads, two batches ahead, decodes JPEGs with torchvision on `device` (nvJPEG on
+    CUDA) and resizes, crops and normalises there (data_loader.tensor_eval_transform); files it cannot take
+    (PNG, CMYK, truncated, ...) go through PIL as before. 'auto': torch on CUDA, pil elsewhere.
+    batch_size: images per CNN batch; default 256 on CUDA, 64 elsewhere.
+    Returns (features (N, D) float16 on the CPU, or maps (N, C, h, w) for an encoder with local features;
+    ok (N,) bool; failures {file name: reason}). Unreadable images get ok=False and zeros; callers skip them
+    and say so.
+    """
+    device = torch.device(device)
+    decode = resolve_decode(decode, device)
+    batch_size = batch_size or (256 if device.type == "cuda" else 64)
+    if decode == "torch":
+        batches = torch_decoded_batches(files, image_size, device, batch_size, num_workers)
+    else:
+        dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
+        batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+    # Kept on the device until the end: no host sync per batch (training moves them there anyway).
+    shape = encoder.feature_shape(image_size)  # (D,) pooled, or (C, h, w) for local features
+    features = torch.zeros(len(files), *shape, dtype=torch.float16, device=device)  # (N, D) or (N, C, h, w)
+    ok = torch.zeros(len(files), dtype=torch.bool)
+    failures = {}
+    was_training = encoder.training
+    encoder.eval()
+    for images, index, failed in tqdm(batches, desc=desc, unit="batch", leave=False,
+                                      total=math.ceil(len(files) / batch_size)):
+        failures.update((Path(files[i]).name, reason) for i, reason in failed)
+        if images is None:
+            continue
+        images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        with autocast(device):
+            # (B, D), or (B, C, h, w) maps
+            features[index.to(device, non_blocking=True)] = encoder.features(images).half()
+        ok[index] = True
+    encoder.train(was_training)
+    return features.cpu(), ok, failures
+
+
+def read_for_decode(path, image_size):
+    """Thread-pool work for the torch decoder: ('jpeg', uint8 bytes tensor) for a file it can decode; for
+    any other file PIL's result now, ('image', normalised (3, S, S) tensor) or ('failed', reason)."""
+    try:
+        data = Path(path).read_bytes()
+        header = jpeg_header(data)
+        if header is not None and header[2] in (1, 3) and 0 < header[0] * header[1] <= MAX_IMAGE_PIXELS:
+            return "jpeg", torch.frombuffer(bytearray(data), dtype=torch.uint8)  # (bytes,)
+    except OSError:
+        pass  # missing or unreadable: load_image names the reason
+    return pil_eval_item(path, image_size)
+
+
+def pil_eval_item(path, image_size):
+    """('image', get_transform(train=False)(load_image(path))) or ('failed', reason): the PIL fallback."""
+    try:
+        return "image", get_transform(train=False, image_size=image_size)(load_image(path))
+    except ImageLoadError as e:
+        return "failed", e.reason
+
+
+def decode_jpegs(data, device):
+    """decode_jpeg on a list of byte tensors, batched; if the batch fails, one by one. None where it fails."""
+    if not data:
+        return []
+    try:
+        return decode_jpeg(data, device=device, mode=ImageReadMode.RGB)
+    except torch.cuda.OutOfMemoryError:
+        raise  # a smaller batch_size helps; PIL would not
+    except Exception:  # a file nvJPEG refuses, or a torchvision without batched decoding (< 0.19)
+        pass
+    decoded = []
+    for d in data:
+        try:
+            decoded.append(decode_jpeg(d, device=device, mode=ImageReadMode.RGB))
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception:
+            decoded.append(None)
+    return decoded
+
+
+def torch_decoded_batches(files, image_size, device, batch_size, num_workers, prefetch=2):
+    """(images (B, 3, S, S) on device or None, index (B,), [(index, reason), ...]) per batch of files, as the
+    DataLoader of collate_images gives them. Threads read the bytes of the next `prefetch` batches while the
+    device decodes and encodes this one."""
+    starts = range(0, len(files), batch_size)
+    with ThreadPoolExecutor(max(1, num_workers)) as pool:
+        submit = lambda s: [pool.submit(read_for_decode, files[i], image_size)
+                            for i in range(s, min(s + batch_size, len(files)))]
+        pending = deque(submit(s) for s in starts[:prefetch])
+        for k, start in enumerate(starts):
+            items = [f.result() for f in pending.popleft()]
+            if k + prefetch < len(starts):
+                pending.append(submit(starts[k + prefetch]))
+            jpeg_at = [j for j, (kind, _) in enumerate(items) if kind == "jpeg"]
+            for j, image in zip(jpeg_at, decode_jpegs([items[j][1] for j in jpeg_at], device)):
+                # nvJPEG or libjpeg refused a file its header looked fine for: PIL decides.
+                items[j] = ("decoded", image) if image is not None else pil_eval_item(files[start + j], image_size)
+            decoded = [j for j, (kind, _) in enumerate(items) if kind == "decoded"]
+            loaded = [j for j, (kind, _) in enumerate(items) if kind == "image"]
+            parts = [tensor_eval_transform([items[j][1] for j in decoded], image_size, device)] if decoded else []
+            if loaded:
+                parts.append(torch.stack([items[j][1] for j in loaded]).to(device, non_blocking=True))
+            failed = [(start + j, reason) for j, (kind, reason) in enumerate(items) if kind == "failed"]
+            index = torch.tensor([start + j for j in decoded + loaded], dtype=torch.long)
+            yield (torch.cat(parts) if parts else None), index, failed
+
+
+def cache_key(model_args, files):
+    """What the cached features depend on: backbone and its blocks, weights, image size, pooling and the files.
+
+    model_args: the dict a checkpoint stores (TrainConfig.model_args); the keys read here are backbone,
+    pretrained, image_size, grid, backbone_blocks and local_hidden.
+    Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
+    reused the other. Measured on the CPU (tests/test_features.py), the two pipelines' features differ less
+    than those of an image and itself plus invisible noise (half an 8-bit level): 1 - cosine 2e-7 for
+    ResNet-50 at 224 px, 3e-4 at worst for MobileNetV2 at 64 px. bench/gpu.py reports the GPU's figure
+    (features_min_cosine_torch_vs_pil); should nvJPEG ever differ materially, add the pipeline here.
+    """
+    a = model_args
+    files_desc = [[f"{Path(f).parent.name}/{Path(f).name}", Path(f).stat().st_size if Path(f).exists() else -1]
+                  for f in files]
+    blob = json.dumps({"backbone": a["backbone"], "weights": str(a.get("pretrained", True)),
+                       "image_size": a["image_size"], "grid": a.get("grid", 1), "files": files_desc, "version": 1,
+                       **({"blocks": a["backbone_blocks"]} if a.get("backbone_blocks") else {}),
+                       **({"maps": True} if a.get("local_hidden") else {})})
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cache_path(model_args, cache_dir, key):
+    """cache_dir/<backbone>[-b<blocks>]-<size>px-<g<grid> or maps>-<key>.pt: readable names, keyed content."""
+    a = model_args
+    layout = "maps" if a.get("local_hidden") else f"g{a.get('grid', 1)}"
+    blocks = f"-b{a['backbone_blocks']}" if a.get("backbone_blocks") else ""
+    return Path(cache_dir) / f"{a['backbone']}{blocks}-{a['image_size']}px-{layout}-{key[:16]}.pt"
+
+
+def cached_features(encoder, files, model_args, cache_dir, device, num_workers=2, desc="CNN features"):
+    """compute_features, stored under cache_dir and reused while the key matches.
+
+    The file is written to a temporary name and renamed when complete, so an interrupted build is never
+    mistaken for a cache; an unreadable or mismatching file is rebuilt.
+    """
+    key = cache_key(model_args, files)
+    path = cache_path(model_args, cache_dir, key)
+    if path.exists():
+        try:
+            c = torch.load(path, map_location="cpu", weights_only=True)
+            if c.get("key") == key and c["features"].shape[0] == len(files):
+                return c["features"], c["ok"], c["failures"]
+            print(f"feature cache {path} does not match its inputs; rebuilding it")
+        except Exception as e:
+            print(f"feature cache {path} is unreadable ({type(e).__name__}); rebuilding it")
+    features, ok, failures = compute_features(encoder, files, model_args["image_size"], device,
+                                              num_workers=num_workers, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"key": key, "features": features, "ok": ok, "failures": failures}, path)
+    return features, ok, failures
+
+
+def atomic_save(obj, path):
+    """torch.save to a temporary file, flush it to disk, then rename: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written file stays behind (kill -9 leaves tmp, never path)
+        tmp.unlink(missing_ok=True)
+        raise
