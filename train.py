@@ -211,8 +211,21 @@ class Captioner(nn.Module):
 
 
 def caption_loss(scores, captions):
-    """Cross-entropy over every position, <start> included, as in the Udacity project."""
-    return F.cross_entropy(scores.reshape(-1, scores.size(-1)).float(), captions.reshape(-1))
+    """Mean cross-entropy per real target: the words and <end>, as papers report perplexity.
+
+    Captions are framed `<start> w1 .. wn <end>` and scores[:, t] predicts captions[:, t], so position 0's
+    target is always <start>: trivial, and left out (a decoder may put anything at scores[:, 0]). A batch
+    holds captions of one length, so every other position is a real target and the mean is over
+    `real_targets(captions)` tokens.
+    """
+    targets = captions[:, 1:]  # (B, T-1): w1 .. wn <end>
+    logits = scores[:, 1:]  # (B, T-1, V)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
+
+
+def real_targets(captions):
+    """How many targets caption_loss averages over: every position but <start>'s, in every caption."""
+    return captions.size(0) * (captions.size(1) - 1)
 
 
 class TrainingDiverged(RuntimeError):
@@ -232,7 +245,7 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
     if from_features and batches:  # the epoch's caption order goes to the device once: no copy per step
         order = torch.as_tensor(split.usable[np.concatenate(batches)], device=device)  # (captions,)
         bounds = np.cumsum([0] + [len(b) for b in batches])
-    losses, sizes, first_step, t0 = [], [], state["step"], time.time()
+    losses, sizes, tokens, first_step, t0 = [], [], [], state["step"], time.time()
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=rank != 0)
     for i, batch in enumerate(bar):
         if from_features:
@@ -254,16 +267,18 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
         state["step"] += 1
         losses.append(loss.detach())
         sizes.append(len(captions))
+        tokens.append(real_targets(captions))
         if (i + 1) % cfg.log_every == 0:
-            mean = mean_loss(losses, sizes, first_step, epoch)
+            mean = mean_loss(losses, tokens, first_step, epoch)
             if rank == 0:
                 tqdm.write(f"epoch {epoch + 1} step {i + 1}/{len(batches)}  loss {mean:.3f}  ppl {math.exp(mean):.2f}"
                            f"  {sum(sizes) / (time.time() - t0):,.0f} captions/s")
-    return mean_loss(losses, sizes, first_step, epoch), sum(sizes) / max(time.time() - t0, 1e-9)
+    return mean_loss(losses, tokens, first_step, epoch), sum(sizes) / max(time.time() - t0, 1e-9)
 
 
-def mean_loss(losses, sizes, first_step, epoch):
-    """The caption-weighted mean of the step losses so far; TrainingDiverged names the first bad step."""
+def mean_loss(losses, weights, first_step, epoch):
+    """The mean of the step losses so far, each weighted by its number of real targets (so a per-token mean
+    over the epoch, like the validation loss); TrainingDiverged names the first bad step."""
     if not losses:
         return float("nan")
     values = torch.stack(losses).float().cpu()  # (steps,), one host sync
@@ -273,7 +288,7 @@ def mean_loss(losses, sizes, first_step, epoch):
         raise TrainingDiverged(f"loss became {values[k].item()} at epoch {epoch + 1}, step {first_step + k + 1}; "
                                "training stopped and the last good checkpoint is kept. Try a lower --lr "
                                "or --grad-clip.")
-    return float((values * torch.tensor(sizes, dtype=torch.float32)).sum() / sum(sizes))
+    return float((values * torch.tensor(weights, dtype=torch.float32)).sum() / sum(weights))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -291,7 +306,8 @@ def split_features(encoder, split, cfg, device):
 
 @torch.inference_mode()
 def validate(model, split, cfg, device):
-    """Validation loss and perplexity, and greedy-caption scores (BLEU-4, CIDEr; object F1 on shapes)."""
+    """Validation loss and perplexity per real target (words and <end>, as in training), and greedy-caption
+    scores (BLEU-4, CIDEr; object F1 on shapes)."""
     model.eval()
     features = split_features(model.encoder, split, cfg, device)
     total, n = 0.0, 0
@@ -300,8 +316,8 @@ def validate(model, split, cfg, device):
         captions = split.tokens[index, : int(split.lengths[index[0]])]
         with autocast(device):
             scores = model(features[split.caption_image[index]].float(), captions, from_features=True)
-        total += caption_loss(scores, captions).item() * len(captions)
-        n += len(captions)
+        total += caption_loss(scores, captions).item() * real_targets(captions)
+        n += real_targets(captions)
     candidates = caption_features(model, split, features, cfg, device)
     metrics = {"val_loss": total / max(n, 1), "val_ppl": math.exp(min(total / max(n, 1), 50))}
     metrics.update(caption_metrics(split.dataset, candidates, cfg.data_root, cfg.val_split))
