@@ -53,6 +53,11 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
     Returns (features (N, D) float16 on the CPU, or maps (N, C, h, w) for an encoder with local features;
     ok (N,) bool; failures {file name: reason}). Unreadable images get ok=False and zeros; callers skip them
     and say so.
+
+    Memory: the result is written batch by batch into one preallocated CPU tensor (pinned on CUDA), so the
+    device holds one batch of images and features at a time, never the whole cache (23 GB for COCO's maps),
+    and the host holds the cache once. On CUDA each batch's copy is queued with non_blocking=True on the
+    compute stream: nothing waits for the GPU until the single synchronize at the end.
     """
     device = torch.device(device)
     decode = resolve_decode(decode, device)
@@ -62,9 +67,8 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
     else:
         dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
         batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
-    # Kept on the device until the end: no host sync per batch (training moves them there anyway).
     shape = encoder.feature_shape(image_size)  # (D,) pooled, or (C, h, w) for local features
-    features = torch.zeros(len(files), *shape, dtype=torch.float16, device=device)  # (N, D) or (N, C, h, w)
+    features = host_buffer((len(files), *shape), device)  # (N, D) or (N, C, h, w) float16, zeros
     ok = torch.zeros(len(files), dtype=torch.bool)
     failures = {}
     was_training = encoder.training
@@ -76,11 +80,49 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
             continue
         images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            # (B, D), or (B, C, h, w) maps
-            features[index.to(device, non_blocking=True)] = encoder.features(images).half()
+            batch = encoder.features(images).half()  # (B, D), or (B, C, h, w) maps
+        write_rows(features, index, batch)
         ok[index] = True
     encoder.train(was_training)
-    return features.cpu(), ok, failures
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the queued copies into `features` have landed
+    return features, ok, failures
+
+
+def host_buffer(shape, device):
+    """A float16 CPU tensor of zeros for the whole cache; pinned when the features come from CUDA, so that
+    the copies into it can be asynchronous."""
+    if torch.device(device).type == "cuda":
+        try:
+            return torch.zeros(shape, dtype=torch.float16, pin_memory=True)
+        except RuntimeError:  # the host cannot lock that much memory: pageable copies still work, synchronously
+            pass
+    return torch.zeros(shape, dtype=torch.float16)
+
+
+def write_rows(out, index, rows):
+    """out[index] = rows, with `out` on the CPU and `rows` (B, ...) on any device, without waiting for it.
+
+    index (a CPU tensor) may skip rows (failed images) and come in any order. From a device, the rows are first
+    put in file order there (rows_in_file_order) and copied as one contiguous block: a scatter into host
+    memory would have to wait for the GPU.
+    """
+    if rows.device.type == "cpu":
+        out[index] = rows
+        return
+    first, block = rows_in_file_order(index, rows)
+    # Asynchronous on CUDA only; compute_features synchronises once at the end. Dropping `block` is safe: the
+    # caching allocator reuses its memory only for work queued after this copy on the same stream.
+    out[first:first + len(block)].copy_(block, non_blocking=rows.device.type == "cuda")
+
+
+def rows_in_file_order(index, rows):
+    """(first, block): rows (B, ...) placed at index - first in a zero block (span, ...) on their own device,
+    where first = min(index) and span = max(index) - first + 1; rows of failed images stay zero."""
+    first, last = int(index.min()), int(index.max())
+    block = torch.zeros(last - first + 1, *rows.shape[1:], dtype=rows.dtype, device=rows.device)  # (span, ...)
+    block[(index - first).to(rows.device, non_blocking=True)] = rows
+    return first, block
 
 
 def read_for_decode(path, image_size):
@@ -152,11 +194,38 @@ def torch_decoded_batches(files, image_size, device, batch_size, num_workers, pr
             yield (torch.cat(parts) if parts else None), index, failed
 
 
-def cache_key(model_args, files):
-    """What the cached features depend on: backbone and its blocks, weights, image size, pooling and the files.
+def backbone_digest(encoder):
+    """sha256 of the weights actually in the encoder's CNN (parameters and batch-norm buffers), whatever their
+    origin: ImageNet, a seeded random initialisation, or a checkpoint's saved backbone. Training and
+    evaluating one run thus name the same cache file, and two random backbones never share one.
+
+    About 0.1 s for MobileNetV2, under a second for ResNet-50 (100 MB). The digest is remembered on the encoder
+    with each tensor's storage and version counter, which any in-place change (load_state_dict, an optimiser
+    step) bumps: a run hashes its frozen backbone once, however many splits it caches.
+    """
+    state = encoder.backbone.state_dict()
+    stamp = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    memo = getattr(encoder, "_backbone_digest", None)
+    if memo is not None and memo[0] == stamp:
+        return memo[1]
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()  # row-major whatever the memory format (channels_last)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    digest = h.hexdigest()
+    encoder._backbone_digest = (stamp, digest)
+    return digest
+
+
+def cache_key(model_args, files, weights):
+    """What the cached features depend on: backbone and its blocks, its weights, image size, pooling, files.
 
     model_args: the dict a checkpoint stores (TrainConfig.model_args); the keys read here are backbone,
-    pretrained, image_size, grid, backbone_blocks and local_hidden.
+    image_size, grid, backbone_blocks and local_hidden. weights: backbone_digest(encoder), the hash of the
+    CNN's weights (not the `pretrained` flag: two random backbones of different seeds give other features).
+    files: each file's folder and name, size and modification time, so a file replaced in place (same name and
+    size) rebuilds the cache.
     Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
     reused the other. Measured on the CPU (tests/test_features.py), the two pipelines' features differ less
     than those of an image and itself plus invisible noise (half an 8-bit level): 1 - cosine 2e-7 for
@@ -164,13 +233,21 @@ def cache_key(model_args, files):
     (features_min_cosine_torch_vs_pil); should nvJPEG ever differ materially, add the pipeline here.
     """
     a = model_args
-    files_desc = [[f"{Path(f).parent.name}/{Path(f).name}", Path(f).stat().st_size if Path(f).exists() else -1]
-                  for f in files]
-    blob = json.dumps({"backbone": a["backbone"], "weights": str(a.get("pretrained", True)),
-                       "image_size": a["image_size"], "grid": a.get("grid", 1), "files": files_desc, "version": 1,
+    blob = json.dumps({"backbone": a["backbone"], "weights": weights, "image_size": a["image_size"],
+                       "grid": a.get("grid", 1), "files": [describe_file(f) for f in files], "version": 2,
                        **({"blocks": a["backbone_blocks"]} if a.get("backbone_blocks") else {}),
                        **({"maps": True} if a.get("local_hidden") else {})})
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def describe_file(path):
+    """[folder/name, size, mtime in ns] of an image file; [folder/name, -1, -1] for a missing one."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return [f"{path.parent.name}/{path.name}", -1, -1]
+    return [f"{path.parent.name}/{path.name}", st.st_size, st.st_mtime_ns]
 
 
 def cache_path(model_args, cache_dir, key):
@@ -181,13 +258,15 @@ def cache_path(model_args, cache_dir, key):
     return Path(cache_dir) / f"{a['backbone']}{blocks}-{a['image_size']}px-{layout}-{key[:16]}.pt"
 
 
-def cached_features(encoder, files, model_args, cache_dir, device, num_workers=2, desc="CNN features"):
+def cached_features(encoder, files, model_args, cache_dir, device, num_workers=2, desc="CNN features",
+                    weights=None):
     """compute_features, stored under cache_dir and reused while the key matches.
 
-    The file is written to a temporary name and renamed when complete, so an interrupted build is never
-    mistaken for a cache; an unreadable or mismatching file is rebuilt.
+    The key holds the hash of the weights in `encoder`'s backbone (weights: that digest, when the caller has
+    it already). The file is written to a temporary name and renamed when complete, so an interrupted build
+    is never mistaken for a cache; an unreadable or mismatching file is rebuilt.
     """
-    key = cache_key(model_args, files)
+    key = cache_key(model_args, files, weights if weights is not None else backbone_digest(encoder))
     path = cache_path(model_args, cache_dir, key)
     if path.exists():
         try:

@@ -409,6 +409,8 @@ def prepare(cfg, ckpt, device):
         vocab_file = default_vocab_file(cfg.data_root, cfg.vocab_threshold, cfg.cache_dir)
         vocab = load_or_build_vocab([train_captions_file(cfg.data_root)], cfg.vocab_threshold, vocab_file)
     encoder, decoder = build_model(cfg.model_args(vocab))
+    if ckpt is not None:  # the feature caches are keyed by the backbone's weights: those this run trained with
+        load_state(encoder, ckpt["encoder"], "encoder")
     encoder.to(device).to(memory_format=torch.channels_last)
     train_split = load_split(cfg, cfg.train_split, vocab, encoder, device)
     if cfg.feature_norm:  # statistics of the usable training images; a resumed run loads its own instead

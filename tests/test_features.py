@@ -2,8 +2,11 @@
 torch decoding with its PIL fallback), plus the torch.compile guard and bench/gpu.py. CUDA runs the same functions (decode_jpeg with device='cuda')."""
 import dataclasses
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,7 +305,7 @@ def counting_cache(tiny_shapes, tmp_path, monkeypatch):
 
 def cached(files, cfg):
     """features.cached_features with a config's settings, as train.py calls it."""
-    return cached_features(None, files, dataclasses.asdict(cfg), cfg.cache_dir, "cpu", desc="test")
+    return cached_features(None, files, dataclasses.asdict(cfg), cfg.cache_dir, "cpu", desc="test", weights="w0")
 
 
 def test_feature_cache_is_keyed_by_its_inputs(tiny_shapes, tmp_path, counting_cache):
@@ -335,3 +338,118 @@ def test_half_written_or_corrupt_cache_is_rebuilt(tiny_shapes, tmp_path, countin
     again, _, _ = cached(files, cfg)
     assert counter.calls == 2 and torch.equal(good, again)
     assert torch.load(path, weights_only=True)["features"].shape == good.shape
+
+
+# ---------------------------------------------------------------------------------------------------
+# The key names the weights in the backbone, and each file's modification time (issue 13, item 4)
+# ---------------------------------------------------------------------------------------------------
+RANDOM_ARGS = dict(backbone="mobilenet_v2", pretrained=False, backbone_blocks=3, image_size=32)
+
+
+def random_encoder(seed):
+    """MobileNetV2's first 3 blocks with random weights from `seed`, as `--no-pretrained --seed SEED` builds it."""
+    torch.manual_seed(seed)
+    encoder, _ = model_mod.build_model(dict(RANDOM_ARGS, embed_size=8, hidden_size=8, vocab_size=5))
+    return encoder
+
+
+@pytest.fixture
+def counted_passes(monkeypatch):
+    """The real compute_features, counted: how often a cache is (re)built."""
+    calls = []
+    real = features_mod.compute_features
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(features_mod, "compute_features", counted)
+    return calls
+
+
+def test_random_backbones_of_two_seeds_get_their_own_caches(tiny_shapes, tmp_path, counted_passes):
+    images = tmp_path / "val2017"
+    images.mkdir()
+    files = [shutil.copy(f, images) for f in sorted((tiny_shapes / "val2017").glob("*.jpg"))[:6]]
+    cache = tmp_path / "cache"
+    run = lambda seed: cached_features(random_encoder(seed), files, RANDOM_ARGS, cache, "cpu", num_workers=0)[0]
+    seed0, seed1 = run(0), run(1)
+    assert len(counted_passes) == 2 and len(list(cache.glob("*.pt"))) == 2  # one cache per backbone
+    cosine = torch.nn.functional.cosine_similarity(seed0.float(), seed1.float(), dim=1)  # (6,)
+    assert cosine.max() < 0.99, cosine  # the two random CNNs really see the images differently
+    assert torch.equal(run(0), seed0) and len(counted_passes) == 2  # the same weights: the cache is reused
+    st = Path(files[3]).stat()
+    os.utime(files[3], ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))  # same name, same size, touched
+    run(0)
+    assert len(counted_passes) == 3 and len(list(cache.glob("*.pt"))) == 3  # a touched file: rebuilt
+
+
+def test_backbone_digest_follows_the_weights_not_their_layout():
+    encoder = random_encoder(0)
+    digest = features_mod.backbone_digest(encoder)
+    assert features_mod.backbone_digest(random_encoder(0)) == digest  # same seed, same weights, same hash
+    assert features_mod.backbone_digest(encoder.to(memory_format=torch.channels_last)) == digest
+    with torch.no_grad():
+        next(encoder.backbone.parameters())[0].add_(1e-3)  # an in-place change is seen despite the memo
+    assert features_mod.backbone_digest(encoder) != digest
+    assert features_mod.backbone_digest(random_encoder(1)) != digest
+
+
+def test_training_and_evaluating_a_random_backbone_read_one_cache(tiny_shapes, tmp_path, monkeypatch):
+    """evaluate.py rebuilds the encoder with pretrained=False and loads the checkpoint's weights: their hash is
+    that of the backbone training cached with, so evaluation reads training's cache, and that cache holds what
+    the checkpoint's own CNN (caption.py's path) computes."""
+    from evaluate import evaluate_checkpoint
+    from model import load_checkpoint
+    from train import train
+
+    cfg = tiny_train_config(tiny_shapes, tmp_path, pretrained=False, seed=1, epochs=1, save_every=1,
+                            val_split="val", val_images=4)
+    run_dir = train(cfg)
+    built = sorted(Path(cfg.cache_dir).glob("*.pt"))
+    assert len(built) == 2  # train and val
+
+    def no_pass(*args, **kwargs):
+        raise AssertionError("evaluation missed the training run's feature cache")
+
+    monkeypatch.setattr(features_mod, "compute_features", no_pass)
+    _, captions = evaluate_checkpoint(run_dir / "best.pt", "val", save=False, backend="python", progress=False)
+    assert len(captions) == 16 and sorted(Path(cfg.cache_dir).glob("*.pt")) == built
+    encoder, _, _, _ = load_checkpoint(run_dir / "best.pt")
+    (val_cache,) = [p for p in built if torch.load(p, weights_only=True)["features"].shape[0] == 16]
+    cached_rows = torch.load(val_cache, weights_only=True)["features"][:3].float()  # (3, D)
+    files = sorted((tiny_shapes / "val2017").glob("*.jpg"))[:3]
+    with torch.inference_mode():
+        fresh = encoder.features(torch.stack([pil_eval(f, cfg.image_size) for f in files]))  # (3, D)
+    assert torch.allclose(cached_rows, fresh, rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------------
+# compute_features writes each batch into one host tensor (issue 13, item 8)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("decode", ["pil", "torch"])
+def test_features_written_batch_by_batch_are_each_images_own(mixed_files, encoder, decode):
+    got, ok, failures = features_mod.compute_features(encoder, mixed_files, 48, "cpu", batch_size=3, num_workers=0,
+                                                      decode=decode)
+    assert got.device.type == "cpu" and got.dtype == torch.float16 and len(failures) == 3
+    for batch_size in (1, 64):  # one image per batch, all in one batch: the same rows
+        other, other_ok, _ = features_mod.compute_features(encoder, mixed_files, 48, "cpu", batch_size=batch_size,
+                                                           num_workers=0, decode=decode)
+        assert torch.equal(ok, other_ok) and not got[~ok].any()  # failed images: zero rows, wherever they fell
+        assert torch.allclose(got.float(), other.float(), rtol=1e-3, atol=1e-3)
+    if decode == "pil":  # and each row is its own image's features, in file order
+        with torch.inference_mode():
+            one = [encoder.eval().features(pil_eval(f, 48)[None])[0] for f, good in zip(mixed_files, ok) if good]
+        assert torch.allclose(got[ok].float(), torch.stack(one), rtol=1e-2, atol=1e-2)
+
+
+def test_rows_from_a_device_land_where_a_scatter_puts_them():
+    index = torch.tensor([7, 5, 9, 6])  # the torch pipeline's order (decoded, then PIL); image 8 failed
+    rows = torch.randn(4, 2, 3).half()  # (B, C, h)
+    first, block = features_mod.rows_in_file_order(index, rows)
+    assert first == 5 and block.shape == (5, 2, 3)
+    out, expected = torch.ones(12, 2, 3).half(), torch.ones(12, 2, 3).half()
+    out[first:first + len(block)] = block
+    expected[index] = rows
+    expected[8] = 0
+    assert torch.equal(out, expected)

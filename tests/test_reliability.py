@@ -590,13 +590,14 @@ def test_checkpoint_with_pickled_code_is_refused_and_never_runs(small_run, tiny_
     # A feature cache file holding code is not used either: it is rebuilt.
     cfg = train_mod.TrainConfig(data_root=str(tiny_shapes), cache_dir=str(tmp_path / "cache"), image_size=64)
     files = sorted((tiny_shapes / "val2017").glob("*.jpg"))
-    key = features_mod.cache_key(dataclasses.asdict(cfg), files)
+    key = features_mod.cache_key(dataclasses.asdict(cfg), files, "w0")
     cache_file = Path(cfg.cache_dir) / f"{cfg.backbone}-{cfg.image_size}px-g{cfg.grid}-{key[:16]}.pt"
     cache_file.parent.mkdir()
     torch.save({"key": key, "features": Payload(marker)}, cache_file)
     monkeypatch.setattr(features_mod, "compute_features",
                         lambda encoder, f, *a, **k: (torch.zeros(len(f), 3).half(), torch.ones(len(f), dtype=torch.bool), {}))
-    features, ok, _ = features_mod.cached_features(None, files, dataclasses.asdict(cfg), cfg.cache_dir, "cpu")
+    features, ok, _ = features_mod.cached_features(None, files, dataclasses.asdict(cfg), cfg.cache_dir, "cpu",
+                                                   weights="w0")
     assert features.shape == (len(files), 3)
     assert "is unreadable (UnpicklingError); rebuilding it" in capsys.readouterr().out
     assert not marker.exists()
