@@ -417,7 +417,7 @@ def prepare(cfg, ckpt, device):
         if train_split.features is None:
             raise ValueError("feature_norm needs a frozen backbone: its statistics come from the feature cache")
         images = np.unique(train_split.dataset.caption_image[train_split.usable])
-        encoder.fit_feature_stats(train_split.features[torch.as_tensor(images, device=device)])
+        encoder.fit_feature_stats(train_split.features, rows=torch.as_tensor(images, device=device))
     val_split = load_split(cfg, cfg.val_split, vocab, encoder, device)
     return vocab, encoder, decoder, train_split, val_split
 

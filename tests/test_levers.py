@@ -1,13 +1,19 @@
 """Tests of the shapes recipe's model options: a truncated CNN (backbone_blocks), local features with a max over
 positions (local_hidden) and the image beside every word (image_every_step).
 
-Tiny sizes, random weights, CPU only (one torch thread: conftest's session fixture).
+Tiny sizes, random weights, CPU only (one torch thread: conftest's session fixture). Also the feature
+standardisation's chunked fit.
 """
+import json
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import model
+from conftest import REPO_ROOT
 from model import DecoderRNN, EncoderCNN, LocalFeatures, Standardize, beam_search, greedy_search
 
 START, END = 0, 1
@@ -175,3 +181,46 @@ def test_build_model_round_trip_with_the_levers_and_without_them():
     assert not old_dec.image_every_step and not old_enc.local and old_enc.feature_size == 1280
     with pytest.raises(RuntimeError):
         old_dec.load_state_dict(dec.state_dict())  # the LSTM input is twice as wide
+
+
+# ---------------------------------------------------------------------------------------------------
+# The standardisation is fitted chunk by chunk (issue 13, item 7)
+# ---------------------------------------------------------------------------------------------------
+def one_shot_stats(features, rows):
+    """The fit as it was, in float64: every chosen image at once, transposed to (values, D)."""
+    x = features[rows].double()
+    x = x.transpose(0, 1).flatten(1).T if x.dim() == 4 else x  # (N * h * w, D) or (N, D)
+    return x.mean(0), x.std(0)
+
+
+@pytest.mark.parametrize("shape", [(203, 24), (97, 6, 3, 5)])
+def test_chunked_fit_gives_the_one_shot_statistics(shape, monkeypatch):
+    torch.manual_seed(0)
+    channels = shape[1]
+    scale = torch.logspace(-2, 2, channels).view(1, channels, *[1] * (len(shape) - 2))
+    features = (torch.rand(shape) * scale + 3 * scale).half()  # channels far apart in scale, far from zero
+    rows = torch.randperm(shape[0])[:150 if len(shape) == 2 else 70]  # the usable images, in any order
+    mean, std = one_shot_stats(features, rows)
+    monkeypatch.setattr(Standardize, "CHUNK_VALUES", 7 * features[0].numel())  # 7 images a chunk, a short last one
+    norm = Standardize(channels)
+    norm.fit(features, rows)
+    assert torch.allclose(norm.mean.double(), mean, rtol=1e-5, atol=0)
+    assert torch.allclose(norm.std.double(), std, rtol=1e-5, atol=0)
+    everything = Standardize(channels)
+    everything.fit(features)  # rows=None: all images, read as slices
+    all_mean, all_std = one_shot_stats(features, torch.arange(shape[0]))
+    assert torch.allclose(everything.mean.double(), all_mean, rtol=1e-5)
+    assert torch.allclose(everything.std.double(), all_std, rtol=1e-5)
+    with pytest.raises(ValueError, match="no training features"):
+        Standardize(channels).fit(features, rows[:0])
+
+
+def test_chunked_fit_needs_far_less_memory_than_the_cache():
+    """Peak resident memory of the fit, over that of a 64 MB fp16 cache of maps, in a fresh process
+    (bench/fit_memory.py). Before: 4 times the cache (a float32 copy, then a transposed one); now one chunk."""
+    out = subprocess.run([sys.executable, str(REPO_ROOT / "bench" / "fit_memory.py"), "--child", "--images", "5000",
+                          "--channels", "100", "--side", "8"], capture_output=True, text=True, timeout=300, check=True)
+    r = json.loads(out.stdout.splitlines()[-1])
+    print(r)
+    assert r["cache_mb"] == pytest.approx(61, abs=1)
+    assert r["fit_peak_extra_mb"] < 0.9 * r["cache_mb"]  # measured: 50 MB (the old fit: 244 MB)
