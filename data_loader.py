@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision import transforms
 
-from vocabulary import load_or_build_vocab, tokenize
+from vocabulary import caption_tokens, load_or_build_vocab
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -296,9 +296,11 @@ class CocoCaptionDataset(Dataset):
         tokens (N, max_len) int64, lengths (N,), caption_image (N,) index into image_files / image_ids.
     """
 
-    def __init__(self, image_dir, annotations_file, vocab, transform=None, strict=False, check_images=True):
+    def __init__(self, image_dir, annotations_file, vocab, transform=None, strict=False, check_images=True,
+                 cache_dir=None):
         self.image_dir, self.annotations_file = Path(image_dir), Path(annotations_file)
         self.vocab, self.transform, self.strict = vocab, transform, strict
+        self.cache_dir = cache_dir  # where the captions' tokens are cached (vocabulary.caption_tokens); None: not
         self.coco = load_coco(annotations_file)
         self.image_report = SkipReport("images", len(self.coco.imgs))
         self.caption_report = SkipReport("captions", len(self.coco.anns))
@@ -327,10 +329,12 @@ class CocoCaptionDataset(Dataset):
 
     def _index_captions(self):
         encoded, owners, self.ann_ids = [], [], []
+        texts = [a["caption"] for a in self.coco.anns.values() if isinstance(a.get("caption"), str)]
+        tokens = caption_tokens(self.annotations_file, texts, self.cache_dir)  # {text: words}
         for ann_id in sorted(self.coco.anns):
             ann = self.coco.anns[ann_id]
             img_index = self.id_to_index.get(ann.get("image_id"))
-            words = tokenize(ann.get("caption", "")) if isinstance(ann.get("caption"), str) else []
+            words = tokens[ann["caption"]] if isinstance(ann.get("caption"), str) else []
             if ann.get("image_id") not in self.coco.imgs:
                 self.caption_report.add("for unknown image ids", ann_id)
             elif img_index is None:
@@ -465,18 +469,21 @@ class LengthBatchSampler(Sampler):
 # The Udacity-style entry point
 # ---------------------------------------------------------------------------------------------------
 def get_loader(transform, mode="train", batch_size=128, vocab_threshold=5, vocab_file=None, vocab_from_file=None,
-               num_workers=0, data_root="data/shapes", seed=0, rank=0, world_size=1, strict=False):
+               num_workers=0, data_root="data/shapes", seed=0, rank=0, world_size=1, strict=False,
+               cache_dir="data/cache"):
     """A DataLoader of (images, captions) batches whose dataset exposes `.vocab`, as in the Udacity project.
 
     mode: the split to read, 'train', 'val' or 'test' (any split name the data root has works).
     The vocabulary is always counted from the training captions with `vocab_threshold`, saved to
-    `vocab_file` (default <data_root>/vocab_t<threshold>.json) and reused while it matches.
+    `vocab_file` (default <cache_dir>/vocab-<data root name>-t<threshold>.json, as train.py does) and reused
+    while it matches. The captions' tokens are cached in cache_dir too (vocabulary.caption_tokens).
     Each batch holds captions of a single length: images (B, 3, H, W), captions (B, L).
     """
-    vocab_file = vocab_file or default_vocab_file(data_root, vocab_threshold)
-    vocab = load_or_build_vocab([train_captions_file(data_root)], vocab_threshold, vocab_file, vocab_from_file)
+    vocab_file = vocab_file or default_vocab_file(data_root, vocab_threshold, cache_dir)
+    vocab = load_or_build_vocab([train_captions_file(data_root)], vocab_threshold, vocab_file, vocab_from_file,
+                                cache_dir=cache_dir)
     image_dir, annotations_file = find_split(data_root, mode)
-    dataset = CocoCaptionDataset(image_dir, annotations_file, vocab, transform, strict=strict)
+    dataset = CocoCaptionDataset(image_dir, annotations_file, vocab, transform, strict=strict, cache_dir=cache_dir)
     sampler = LengthBatchSampler(dataset.lengths, batch_size, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_skipping,
                       persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())

@@ -70,7 +70,7 @@ def evaluate_checkpoint(checkpoint, split="test", beam=1, max_len=None, length_p
     settings = checkpoint_settings(ckpt, data_root=data_root, num_workers=num_workers)
     max_len = checkpoint_max_len(ckpt, max_len)
     image_dir, annotations = find_split(settings["data_root"], split)
-    dataset = CocoCaptionDataset(image_dir, annotations, vocab)
+    dataset = CocoCaptionDataset(image_dir, annotations, vocab, cache_dir=settings.get("cache_dir", DEFAULT_CACHE_DIR))
     features, ok, failures = split_image_features(encoder, dataset, settings, ckpt["model_args"], device, batch_size)
     for file_name, reason in failures.items():  # decode failures join the header-time skips in one summary
         dataset.image_report.add(reason, file_name)

@@ -172,7 +172,7 @@ class Split:
 def load_split(cfg, name, vocab, encoder, device):
     image_dir, annotations = find_split(cfg.data_root, name)
     transform = get_transform(train=name == cfg.train_split, image_size=cfg.image_size, hflip=not is_shapes(cfg))
-    ds = CocoCaptionDataset(image_dir, annotations, vocab, transform, strict=cfg.strict)
+    ds = CocoCaptionDataset(image_dir, annotations, vocab, transform, strict=cfg.strict, cache_dir=cfg.cache_dir)
     usable = np.arange(len(ds))
     features = None
     if not cfg.train_backbone:
@@ -407,7 +407,8 @@ def prepare(cfg, ckpt, device):
         vocab = Vocabulary.from_dict(ckpt["vocab"])
     else:
         vocab_file = default_vocab_file(cfg.data_root, cfg.vocab_threshold, cfg.cache_dir)
-        vocab = load_or_build_vocab([train_captions_file(cfg.data_root)], cfg.vocab_threshold, vocab_file)
+        vocab = load_or_build_vocab([train_captions_file(cfg.data_root)], cfg.vocab_threshold, vocab_file,
+                                    cache_dir=cfg.cache_dir)
     encoder, decoder = build_model(cfg.model_args(vocab))
     if ckpt is not None:  # the feature caches are keyed by the backbone's weights: those this run trained with
         load_state(encoder, ckpt["encoder"], "encoder")

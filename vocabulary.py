@@ -7,6 +7,10 @@
 
 The special tokens come first, in a fixed order, so `<start>` is 0 and `<end>` is 1 as in the Udacity CVND
 project; code should still ask `vocab(vocab.start_word)` rather than hard-code ids.
+
+Tokenizing is slow (nltk: about 90 s for COCO's 591k training captions), so `caption_tokens` keeps every
+caption file's tokens in a JSON file under the cache folder, beside the vocabulary, keyed by the caption file's
+sha256: every later run, process and evaluation reads them instead.
 """
 import hashlib
 import json
@@ -20,6 +24,8 @@ from nltk.tokenize import word_tokenize
 START, END, UNK = "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (START, END, UNK)
 FORMAT = "show-and-tell-vocabulary/1"
+TOKENS_FORMAT = "show-and-tell-tokens/1"
+TOKENIZER_VERSION = 1  # raise it whenever tokenize() changes: cached tokens of the old rule are then rebuilt
 _HAS_WORD_CHAR = re.compile(r"\w")
 
 
@@ -77,13 +83,16 @@ class Vocabulary:
 
     # ---- building, saving, loading -------------------------------------------------------------
     @classmethod
-    def build(cls, annotations_files, threshold=5):
-        """Count the words of every caption in the given COCO caption files; keep the frequent ones."""
+    def build(cls, annotations_files, threshold=5, cache_dir=None):
+        """Count the words of every caption in the given COCO caption files; keep the frequent ones.
+        cache_dir: where caption_tokens keeps the files' tokens (None: tokenize, cache nothing)."""
         files = _as_list(annotations_files)
         counts = Counter()
         for path in files:
-            for caption in read_captions(path):
-                counts.update(tokenize(caption))
+            captions = read_captions(path)
+            tokens = caption_tokens(path, captions, cache_dir)
+            for caption in captions:
+                counts.update(tokens[caption])
         # Sort by frequency, then alphabetically, so the same captions always give the same ids.
         words = sorted((w for w, c in counts.items() if c >= threshold), key=lambda w: (-counts[w], w))
         return cls(words, threshold, describe_sources(files))
@@ -157,13 +166,15 @@ def describe_sources(files):
     return [{"name": Path(f).name, "sha256": file_digest(f)} for f in files]
 
 
-def load_or_build_vocab(annotations_files, threshold=5, vocab_file="vocab.json", vocab_from_file=None):
+def load_or_build_vocab(annotations_files, threshold=5, vocab_file="vocab.json", vocab_from_file=None,
+                        cache_dir=None):
     """The vocabulary for these caption files and threshold, reusing `vocab_file` when it matches.
 
     vocab_from_file: None (default) loads the file if it matches and otherwise rebuilds and saves it (a
     file that is not a vocabulary at all is an error, not overwritten);
     True insists on the saved file (an error if it is missing or does not match); False always rebuilds.
     A vocabulary that does not match the requested files and threshold is never used silently.
+    cache_dir: where a rebuild keeps the captions' tokens (caption_tokens); None: beside vocab_file.
     """
     vocab_file = Path(vocab_file)
     if vocab_from_file is not False and vocab_file.exists():
@@ -177,9 +188,69 @@ def load_or_build_vocab(annotations_files, threshold=5, vocab_file="vocab.json",
                 "Pass vocab_from_file=False (or None) to rebuild it, or point vocab_file elsewhere.")
     elif vocab_from_file:
         raise FileNotFoundError(f"vocab_from_file=True but {vocab_file} does not exist; pass vocab_from_file=None to build it")
-    vocab = Vocabulary.build(annotations_files, threshold)
+    vocab = Vocabulary.build(annotations_files, threshold, cache_dir if cache_dir is not None else vocab_file.parent)
     vocab.save(vocab_file)
     return vocab
+
+
+# ---------------------------------------------------------------------------------------------------
+# The token cache: nltk runs once per caption file, not once per process
+# ---------------------------------------------------------------------------------------------------
+def token_cache_file(annotations_file, digest, cache_dir):
+    """cache_dir/tokens-<caption file stem>-<first 16 hex digits of its sha256>.json"""
+    return Path(cache_dir) / f"tokens-{Path(annotations_file).stem}-{digest[:16]}.json"
+
+
+def caption_tokens(annotations_file, captions, cache_dir=None):
+    """{caption text: tokenize(caption text)} for `captions`, the caption strings of `annotations_file`.
+
+    With a cache_dir, the tokens of the file's captions are read from token_cache_file, which is keyed by the
+    sha256 of the caption file's bytes and records TOKENIZER_VERSION: an edited caption file or a changed
+    tokenizer gets a new or rebuilt cache, never stale tokens. A missing, unreadable or mismatching cache is
+    (re)built and written atomically (a temporary file, then a rename), so concurrent processes and crashes
+    never leave a half-written one. Without a cache_dir every caption is tokenized.
+    """
+    captions = list(dict.fromkeys(captions))  # distinct texts, in order
+    if cache_dir is None:
+        return {c: tokenize(c) for c in captions}
+    digest = file_digest(annotations_file)
+    path = token_cache_file(annotations_file, digest, cache_dir)
+    table = read_token_cache(path, digest)
+    missing = [c for c in captions if c not in table]
+    if missing:
+        table.update((c, tokenize(c)) for c in missing)
+        write_token_cache(path, digest, table)
+    return table
+
+
+def read_token_cache(path, digest):
+    """The {text: tokens} table of a token cache file, or {} when it is absent, unreadable or not for this
+    caption file and tokenizer (said once, then rebuilt by the caller)."""
+    if not path.exists():
+        return {}
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        if (d.get("format"), d.get("sha256"), d.get("tokenizer")) == (TOKENS_FORMAT, digest, TOKENIZER_VERSION):
+            # Tokens never hold a space (nltk splits on whitespace), so one string per caption holds them.
+            return {text: joined.split(" ") if joined else [] for text, joined in d["tokens"].items()}
+        print(f"token cache {path} was written for another caption file or tokenizer; rebuilding it")
+    except (ValueError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as e:
+        print(f"token cache {path} is unreadable ({type(e).__name__}); rebuilding it")
+    return {}
+
+
+def write_token_cache(path, digest, table):
+    """Write a token cache atomically: a temporary file of this process, then a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    record = {"format": TOKENS_FORMAT, "sha256": digest, "tokenizer": TOKENIZER_VERSION,
+              "tokens": {text: " ".join(tokens) for text, tokens in table.items()}}
+    try:
+        tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _as_list(files):

@@ -211,3 +211,84 @@ def test_vocabulary_of_the_official_val2017_captions(threshold, size):
     assert vocab.encode("A man riding a wave on top of a surfboard.")[1:-1] == [
         vocab(w) for w in "a man riding a wave on top of a surfboard".split()]
     assert vocab.unk_id not in vocab.encode("A man riding a wave on top of a surfboard.")
+
+
+
+# ---- the token cache (issue 13, item 9) ---------------------------------------------------------------
+REAL_TOKENIZE = V.tokenize
+
+
+@pytest.fixture
+def counted_tokenize(monkeypatch):
+    """vocabulary.tokenize, counted: the captions nltk really tokenized."""
+    calls = []
+
+    def counted(text):
+        calls.append(text)
+        return REAL_TOKENIZE(text)
+
+    monkeypatch.setattr(V, "tokenize", counted)
+    return calls
+
+
+def test_tokens_are_cached_beside_the_vocabulary_and_reused(caption_file, tmp_path, counted_tokenize):
+    cache = tmp_path / "cache"
+    first = load_or_build_vocab([caption_file], 1, cache / "vocab.json")
+    assert len(counted_tokenize) == len(CAPTIONS)
+    (token_file,) = cache.glob("tokens-captions_train2017-*.json")
+    assert V.file_digest(caption_file)[:16] in token_file.name and not list(cache.glob(".*tmp*"))
+    counted_tokenize.clear()
+    again = Vocabulary.build([caption_file], 1, cache)  # a later run or process: nltk is not run again
+    tokens = V.caption_tokens(caption_file, CAPTIONS, cache)
+    assert counted_tokenize == [] and again == first
+    assert tokens == {c: REAL_TOKENIZE(c) for c in CAPTIONS}
+    assert V.caption_tokens(caption_file, CAPTIONS, None) == tokens  # no cache folder: tokenized, same result
+
+
+def test_an_edited_caption_file_or_a_new_tokenizer_gets_fresh_tokens(caption_file, tmp_path, counted_tokenize,
+                                                                     monkeypatch):
+    cache = tmp_path / "cache"
+    V.caption_tokens(caption_file, CAPTIONS, cache)
+    edited = CAPTIONS[:2] + ["A cat sleeps."]
+    write_captions(caption_file, edited)  # same name, new content: a new sha256, a new cache file
+    counted_tokenize.clear()
+    tokens = V.caption_tokens(caption_file, edited, cache)
+    assert counted_tokenize == edited and tokens["A cat sleeps."] == ["a", "cat", "sleeps"]
+    assert len(list(cache.glob("tokens-*.json"))) == 2
+    monkeypatch.setattr(V, "TOKENIZER_VERSION", V.TOKENIZER_VERSION + 1)  # tokenize() changed its rule
+    counted_tokenize.clear()
+    V.caption_tokens(caption_file, edited, cache)
+    assert counted_tokenize == edited  # the old tokens were not trusted
+    counted_tokenize.clear()
+    V.caption_tokens(caption_file, edited, cache)
+    assert counted_tokenize == []  # and the rebuilt cache is the new tokenizer's
+
+
+@pytest.mark.parametrize("content", [b"", b'{"format": "show-and-tell-tokens/1", "tok', b"\x80\x81 not utf-8",
+                                     b'{"format": "show-and-tell-tokens/1", "sha256": "%s", "tokenizer": 1, '
+                                     b'"tokens": ["a list"]}'])
+def test_a_broken_token_cache_is_rebuilt(caption_file, tmp_path, counted_tokenize, capsys, content):
+    cache = tmp_path / "cache"
+    V.caption_tokens(caption_file, CAPTIONS, cache)
+    (token_file,) = cache.glob("tokens-*.json")
+    token_file.write_bytes(content.replace(b"%s", V.file_digest(caption_file).encode()))  # a crash, a bad disk
+    counted_tokenize.clear()
+    tokens = V.caption_tokens(caption_file, CAPTIONS, cache)
+    assert tokens == {c: REAL_TOKENIZE(c) for c in CAPTIONS} and counted_tokenize == CAPTIONS
+    assert "is unreadable" in capsys.readouterr().out
+    assert json.loads(token_file.read_text())["sha256"] == V.file_digest(caption_file)  # whole again
+
+
+def test_the_dataset_reads_cached_tokens_and_encodes_as_before(tmp_path, counted_tokenize):
+    from data_loader import CocoCaptionDataset
+
+    ann = write_captions(tmp_path / "captions_val2017.json", CAPTIONS + [None, "", "?!"])
+    vocab = Vocabulary.build([ann], 1)
+    plain = CocoCaptionDataset(tmp_path, ann, vocab, check_images=False)
+    cached = CocoCaptionDataset(tmp_path, ann, vocab, check_images=False, cache_dir=tmp_path / "cache")
+    counted_tokenize.clear()
+    again = CocoCaptionDataset(tmp_path, ann, vocab, check_images=False, cache_dir=tmp_path / "cache")
+    assert counted_tokenize == []  # the second dataset ran no nltk
+    for ds in (cached, again):
+        assert (ds.tokens == plain.tokens).all() and (ds.lengths == plain.lengths).all()
+        assert ds.ann_ids == plain.ann_ids == [1, 2, 3]  # the empty and punctuation-only captions skipped alike
