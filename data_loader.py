@@ -209,6 +209,24 @@ def find_split(data_root, split):
     raise FileNotFoundError(f"no caption file for split {split!r}: looked for {tried}. {COCO_HELP}")
 
 
+def data_defaults(data_root):
+    """The settings a data root decides by itself, for knobs left to it (a preset of None or "auto", a split of
+    None), as a dict:
+        kind        'shapes' (the built-in data: shapes_meta.json, or a data/shapes not generated yet) or 'coco'
+        preset      the train.PRESETS entry made for that data: 'shapes-cpu' (the demo recipe, best.pt by
+                    object F1, which only shapes has) or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr)
+        eval_split  the split to score: 'test' when the root has test captions (shapes), else 'val' (COCO's
+                    test split has no public captions)
+    One place to teach the defaults a new kind of data (Flickr8k, the Karpathy splits): add it here, and its
+    preset to train.PRESETS.
+    """
+    root = Path(data_root)
+    shapes = (root / "shapes_meta.json").exists() or (root.name == "shapes" and not (root / "annotations").is_dir())
+    has_test = shapes or any((root / "annotations" / f"captions_test{y}.json").is_file() for y in YEARS)
+    return {"kind": "shapes" if shapes else "coco", "preset": "shapes-cpu" if shapes else "coco",
+            "eval_split": "test" if has_test else "val"}
+
+
 def train_captions_file(data_root):
     """The vocabulary is always counted from the training captions."""
     return find_split(data_root, "train")[1]
@@ -469,17 +487,17 @@ class LengthBatchSampler(Sampler):
 # The Udacity-style entry point
 # ---------------------------------------------------------------------------------------------------
 def get_loader(transform, mode="train", batch_size=128, vocab_threshold=5, vocab_file=None, vocab_from_file=None,
-               num_workers=0, data_root="data/shapes", seed=0, rank=0, world_size=1, strict=False,
-               cache_dir="data/cache"):
+               num_workers=0, data_root="data/shapes", seed=0, rank=0, world_size=1, strict=False, cache_dir=None):
     """A DataLoader of (images, captions) batches whose dataset exposes `.vocab`, as in the Udacity project.
 
     mode: the split to read, 'train', 'val' or 'test' (any split name the data root has works).
     The vocabulary is always counted from the training captions with `vocab_threshold`, saved to
-    `vocab_file` (default <cache_dir>/vocab-<data root name>-t<threshold>.json, as train.py does) and reused
-    while it matches. The captions' tokens are cached in cache_dir too (vocabulary.caption_tokens).
+    `vocab_file` (default data/cache/vocab-<data root name>-t<threshold>.json, where train.py keeps it) and
+    reused while it matches. The captions' tokens are cached in cache_dir (None: the vocabulary's folder).
     Each batch holds captions of a single length: images (B, 3, H, W), captions (B, L).
     """
-    vocab_file = vocab_file or default_vocab_file(data_root, vocab_threshold, cache_dir)
+    vocab_file = vocab_file or default_vocab_file(data_root, vocab_threshold)
+    cache_dir = cache_dir if cache_dir is not None else Path(vocab_file).parent
     vocab = load_or_build_vocab([train_captions_file(data_root)], vocab_threshold, vocab_file, vocab_from_file,
                                 cache_dir=cache_dir)
     image_dir, annotations_file = find_split(data_root, mode)

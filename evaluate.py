@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint runs/NAME/best.pt --split test --beam 3
     python evaluate.py --split val                     # the newest run's best.pt
+    python evaluate.py                                 # its data root's split: test on shapes, val on COCO
 
 It prints BLEU-1..4, METEOR, ROUGE-L and CIDEr (object F1 too on the shapes data), and writes
 captions_<split>_beam<k>.json (COCO results format) and scores_<split>_beam<k>.json beside the checkpoint.
@@ -17,10 +18,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from data_loader import CocoCaptionDataset, find_split, load_coco
+from data_loader import CocoCaptionDataset, data_defaults, find_split, load_coco
 from features import cached_features, compute_features
 from metrics import BACKENDS, SPICE_NOTE, Scores, caption_metrics, meteor_missing_reason, scores_table
-from model import caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint
+from model import caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint, read_checkpoint
 
 DEFAULT_CACHE_DIR = "data/cache"  # as TrainConfig.cache_dir, for checkpoints whose config does not say
 DEFAULT_NUM_WORKERS = 2
@@ -54,13 +55,32 @@ def split_image_features(encoder, dataset, settings, model_args, device, batch_s
                             num_workers=num_workers)
 
 
-def evaluate_checkpoint(checkpoint, split="test", beam=1, max_len=None, length_penalty=0.0, data_root=None,
+def default_split(data_root):
+    """The split scored when none is named: test where the data root has test captions (shapes), else val
+    (COCO's test split has no public captions). data_loader.data_defaults decides."""
+    return data_defaults(data_root)["eval_split"]
+
+
+def same_images_note(ckpt, data_root, split):
+    """A warning when `split` is the one best.pt was chosen on (the run's val_split, same data): its scores
+    then overstate what the model does on unseen images. On COCO that is val2017 unless a held-out split
+    (Karpathy's) is used; None otherwise."""
+    config = ckpt.get("config", {})
+    trained_on = Path(config.get("data_root", "")).resolve()
+    if split != config.get("val_split", "val") or Path(data_root).resolve() != trained_on:
+        return None
+    return (f"note: the checkpoint was chosen on these {split} images (its validation split), so these scores "
+            "are optimistic; score a split training never saw (test, or a Karpathy test split on COCO)")
+
+
+def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_penalty=0.0, data_root=None,
                         out_dir=None, batch_size=256, device="auto", num_workers=None, backend="auto", save=True,
                         progress=True):
     """Caption every usable image of a split with a checkpoint, score the captions and (save) write them.
 
     Returns (scores, captions): scores is a Scores dict (Bleu_1..4, METEOR, ROUGE_L, CIDEr, and on shapes
     data object_f1 and object_exact; `.missing` says why any is absent), captions {image_id: caption}.
+    split None: default_split of the data root (test on shapes, val on COCO);
     max_len None: the checkpoint's training max_len; data_root None: the checkpoint's; out_dir None: the
     checkpoint's folder, which receives captions_<split>_beam<k>.json (COCO results format) and
     scores_<split>_beam<k>.json.
@@ -69,6 +89,10 @@ def evaluate_checkpoint(checkpoint, split="test", beam=1, max_len=None, length_p
     encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint, device)
     settings = checkpoint_settings(ckpt, data_root=data_root, num_workers=num_workers)
     max_len = checkpoint_max_len(ckpt, max_len)
+    split = split or default_split(settings["data_root"])
+    note = same_images_note(ckpt, settings["data_root"], split)
+    if note and progress:
+        print(note)
     image_dir, annotations = find_split(settings["data_root"], split)
     dataset = CocoCaptionDataset(image_dir, annotations, vocab, cache_dir=settings.get("cache_dir", DEFAULT_CACHE_DIR))
     features, ok, failures = split_image_features(encoder, dataset, settings, ckpt["model_args"], device, batch_size)
@@ -127,7 +151,9 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", default=None,
                         help="a checkpoint file; None: best.pt of the newest run under --runs-dir")
     parser.add_argument("--runs-dir", default="runs", help="where training runs live (for the default checkpoint)")
-    parser.add_argument("--split", default="test", help="split to caption: captions_<split><year>.json")
+    parser.add_argument("--split", default=None,
+                        help="split to caption: captions_<split><year>.json; None: test where the data root has "
+                             "test captions (shapes), else val (COCO)")
     parser.add_argument("--beam", type=int, default=1, help="beam width; 1 is greedy decoding")
     parser.add_argument("--max-len", type=int, default=None,
                         help="longest caption, in words; None: the checkpoint's training max_len")
@@ -150,6 +176,9 @@ def main(argv=None):
         if args.beam < 1 or args.batch_size < 1:
             raise ValueError("--beam and --batch-size must be at least 1")
         checkpoint = args.checkpoint or latest_checkpoint(args.runs_dir)
+        if args.split is None:  # named here too: the output files and the summary carry it
+            settings = checkpoint_settings(read_checkpoint(checkpoint), data_root=args.data_root)
+            args.split = default_split(settings["data_root"])
         scores, captions = evaluate_checkpoint(checkpoint, args.split, args.beam, args.max_len, args.length_penalty,
                                                args.data_root, args.out, args.batch_size, args.device,
                                                args.num_workers, args.backend)

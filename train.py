@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from data_loader import (CocoCaptionDataset, LengthBatchSampler, collate_skipping, default_vocab_file, find_split,
-                         get_transform, train_captions_file)
+from data_loader import (CocoCaptionDataset, LengthBatchSampler, collate_skipping, data_defaults, default_vocab_file,
+                         find_split, get_transform, train_captions_file)
 from features import atomic_save, cached_features, compute_features
 from metrics import caption_metrics
 from model import (CHECKPOINT_FORMAT, autocast, build_model, get_device, greedy_search, load_state, read_checkpoint,
@@ -117,13 +117,20 @@ PRESETS = {
                        image_every_step=True, hidden_size=128, lr=2e-3, epochs=20, best_metric="object_f1"),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
+AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data root
 
 
 # ---------------------------------------------------------------------------------------------------
 # Processes and devices
 # ---------------------------------------------------------------------------------------------------
 def make_config(preset="seed", **overrides):
-    """TrainConfig from a PRESETS entry and overrides; an override of None means "the preset's value"."""
+    """TrainConfig from a PRESETS entry and overrides; an override of None means "the preset's value".
+
+    preset None or "auto": the preset made for the data root (data_loader.data_defaults): shapes-cpu on the
+    shapes data, coco on COCO; so setting the data root alone switches every data-dependent setting.
+    """
+    if preset in (None, AUTO_PRESET):
+        preset = data_defaults(overrides.get("data_root") or TrainConfig.data_root)["preset"]
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
     return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
@@ -578,8 +585,9 @@ def parse_args(argv=None):
     # Each field's help shows its TrainConfig default; argparse's own default is None ("not given"), so that
     # only the flags given override the preset, and argparse is not asked to print it.
     parser = argparse.ArgumentParser(description="Train a Show-and-Tell captioner.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="seed",
-                        help="a starting set of defaults; flags after it override (default: 'seed')")
+    parser.add_argument("--preset", choices=sorted(PRESETS) + [AUTO_PRESET], default="seed",
+                        help="a starting set of defaults; flags after it override. auto: the one made for the data "
+                             "root (shapes-cpu on shapes, coco on COCO) (default: 'seed')")
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type in (bool, "bool"):

@@ -440,6 +440,43 @@ def test_get_loader_reads_a_2014_val_split(tmp_path):
     assert sum(c.size(0) for _, c in loader) == 4
 
 
+
+# ---------------------------------------------------------------------------------------------------
+# What the data root decides (issue 13, item 10)
+# ---------------------------------------------------------------------------------------------------
+def test_the_data_root_chooses_its_preset_and_the_split_to_score(tmp_path, tiny_shapes):
+    assert dl.data_defaults(tiny_shapes) == {"kind": "shapes", "preset": "shapes-cpu", "eval_split": "test"}
+    assert dl.data_defaults(tmp_path / "data" / "shapes")["preset"] == "shapes-cpu"  # generated on first use
+    coco = tmp_path / "coco"
+    for split in ("train", "val"):
+        write_json(coco / "annotations" / f"captions_{split}2017.json", coco_json({}, []))
+    write_json(coco / "annotations" / "image_info_test2017.json", {"images": []})  # test images, no captions
+    assert dl.data_defaults(coco) == {"kind": "coco", "preset": "coco", "eval_split": "val"}
+    write_json(coco / "annotations" / "captions_test2014.json", coco_json({}, []))  # a root with test captions
+    assert dl.data_defaults(coco)["eval_split"] == "test"
+
+
+def test_make_config_auto_follows_the_data_root(tmp_path, tiny_shapes):
+    from train import PRESETS, TrainConfig, make_config, parse_args
+
+    coco = tmp_path / "coco"
+    write_json(coco / "annotations" / "captions_train2017.json", coco_json({}, []))
+    on_coco = make_config(None, data_root=str(coco), epochs=1)
+    assert on_coco.data_root == str(coco) and on_coco.epochs == 1  # the root and the flags given win
+    assert (on_coco.backbone, on_coco.best_metric) == (PRESETS["coco"]["backbone"], "CIDEr")
+    assert make_config("auto", data_root=str(tiny_shapes)).best_metric == "object_f1"
+    assert make_config(None) == make_config("shapes-cpu")  # the default root is the shapes data
+    assert parse_args(["--preset", "auto", "--data-root", str(coco)]) == make_config("coco", data_root=str(coco))
+    assert make_config("seed", data_root=str(coco)) == TrainConfig(data_root=str(coco))  # a named preset stays
+
+
+def test_get_loader_keeps_tokens_beside_its_vocabulary(tmp_path, tiny_shapes):
+    loader = get_loader(get_transform(False, S), mode="val", batch_size=4, vocab_threshold=1,
+                        vocab_file=tmp_path / "v" / "vocab.json", data_root=tiny_shapes)
+    names = sorted(p.name.split("-")[1] for p in (tmp_path / "v").glob("tokens-*.json"))
+    assert names == ["captions_train2017", "captions_val2017"] and len(loader.dataset) == 80
+
+
 # ---------------------------------------------------------------------------------------------------
 # Real COCO files (../shared/data/coco-mini), skipped when absent
 # ---------------------------------------------------------------------------------------------------

@@ -177,6 +177,21 @@ def test_beam_1_through_the_cli_is_the_training_time_greedy_path(checkpoint, tin
     assert ids == greedy_ids
 
 
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")
+def test_evaluate_scores_the_data_roots_own_split_and_says_when_best_pt_was_chosen_on_it(checkpoint, tmp_path,
+                                                                                        capsys):
+    """No --split: test where the data root has test captions (shapes; val on COCO, tests/test_notebooks.py).
+    Scoring the split best.pt was chosen on (this run's val_split is train) gets a note: issue 13, item 11."""
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path), "--backend", "python"]) == 0
+    out = capsys.readouterr().out
+    assert "16 test images" in out and "optimistic" not in out
+    assert json.loads((tmp_path / "scores_test_beam1.json").read_text())["split"] == "test"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--split", "train", "--out", str(tmp_path),
+                          "--backend", "python"]) == 0
+    assert "chosen on these train images (its validation split), so these scores are optimistic" in \
+        capsys.readouterr().out
+
+
 def test_evaluate_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
     cases = [(["--checkpoint", str(tmp_path / "nope.pt")], "checkpoint not found"),
              (["--checkpoint", str(checkpoint), "--split", "nosuchsplit"], "no caption file for split 'nosuchsplit'"),
@@ -191,7 +206,7 @@ def test_evaluate_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
 
 
 def test_help_shows_every_default(capsys):
-    for module, expected in ((evaluate, ["(default: test)", "(default: 1)", "(default: 256)", "(default: auto)"]),
+    for module, expected in ((evaluate, ["(default: None)", "(default: 1)", "(default: 256)", "(default: auto)"]),
                              (caption, ["(default: 1)", "(default: 32)", "(default: runs)", "IMAGE_OR_FOLDER"])):
         with pytest.raises(SystemExit) as exit_:
             module.parse_args(["--help"])
@@ -310,7 +325,7 @@ def test_committed_notebook_is_stripped_and_only_orchestrates():
         name, _, rest = line.partition("=")
         assert "#" in rest, f"knob without a comment: {line}"
         knobs[name.strip()] = rest.split("#")[0].strip()
-    assert {"CHECKPOINT": "None", "SPLIT": '"test"', "N_IMAGES": "8", "BEAM": "3", "IMAGES_DIR": '"images"',
+    assert {"CHECKPOINT": "None", "SPLIT": "None", "N_IMAGES": "8", "BEAM": "3", "IMAGES_DIR": '"images"',
             "RUNS_DIR": '"runs"', "DEVICE": '"auto"', "OUTPUT_DIR": '"outputs"'}.items() <= knobs.items()
     assert "MAX_LEN" in knobs
     logic = "\n".join(c.source for c in code)

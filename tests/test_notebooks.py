@@ -168,3 +168,37 @@ def test_demo_summary_falls_back_to_the_newest_runs_last_epoch(tmp_path):
     text_out = demo_summary(tmp_path / "outputs", tmp_path / "runs")
     assert "last epoch of r1" in text_out
     assert re.search(r"CIDEr +0\.750", text_out) and "0.500" not in text_out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real COCO with one parameter changed (issue 13, item 10)
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_notebooks_on_real_coco_take_their_defaults_from_the_data_root(coco_mini, tmp_path):
+    """DATA_ROOT alone points the notebooks at COCO (plus the smoke sizes, and MobileNetV2 since ResNet-50's
+    weights cannot be downloaded here): PRESET None becomes the coco preset, so best.pt follows CIDEr (shapes'
+    object F1 does not exist there), and 3_Inference scores val (COCO's test split has no public captions).
+    0_Dataset on coco-mini is test_dataset_notebook_on_real_coco above."""
+    import json
+
+    from model import load_checkpoint
+    from train import read_metrics
+
+    smoke = dict(DATA_ROOT=str(coco_mini), IMAGE_SIZE=64, BACKBONE="mobilenet_v2", EMBED_SIZE=32, HIDDEN_SIZE=64)
+    nb = run_notebook("1_Preliminaries", tmp_path, **smoke, VOCAB_FILE=str(tmp_path / "vocab.json"), BATCH_SIZE=8,
+                      N_BATCHES=2)
+    assert "preset 'coco'" in text(nb)
+    run_notebook("2_Training", tmp_path, **smoke, EPOCHS=1, BATCH_SIZE=64, NUM_WORKERS=0, VAL_IMAGES=8,
+                 RUN_NAME="coco", OUT_DIR=str(tmp_path / "runs"), CACHE_DIR=str(tmp_path / "cache"), N_SHOW=2)
+    run_dir = tmp_path / "runs" / "coco"
+    _, _, _, ckpt = load_checkpoint(run_dir / "best.pt")
+    assert ckpt["config"]["best_metric"] == "CIDEr" and ckpt["config"]["data_root"] == str(coco_mini)
+    (row,) = read_metrics(run_dir)
+    assert "CIDEr" in row and "object_f1" not in row
+    out_dir = tmp_path / "outputs"
+    nb = run_notebook("3_Inference", tmp_path, CHECKPOINT=str(run_dir / "best.pt"), N_IMAGES=2, BEAM=2,
+                      OUTPUT_DIR=str(out_dir), METRICS_BACKEND="python", BATCH_SIZE=64)
+    summary = json.loads((out_dir / "inference_scores.json").read_text())
+    assert summary["split"] == "val" and summary["n_images"] == 159  # every val image of coco-mini
+    assert summary["scores"]["greedy"]["CIDEr"] >= 0 and "object_f1" not in summary["scores"]["greedy"]
+    assert "chosen on these val images" in text(nb)  # the model was picked on the images it is scored on
