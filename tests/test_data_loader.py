@@ -470,11 +470,15 @@ def test_make_config_auto_follows_the_data_root(tmp_path, tiny_shapes):
     assert make_config("seed", data_root=str(coco)) == TrainConfig(data_root=str(coco))  # a named preset stays
 
 
-def test_get_loader_keeps_tokens_beside_its_vocabulary(tmp_path, tiny_shapes):
+def test_get_loader_keeps_tokens_beside_its_vocabulary(tmp_path, tiny_shapes, monkeypatch):
     loader = get_loader(get_transform(False, S), mode="val", batch_size=4, vocab_threshold=1,
                         vocab_file=tmp_path / "v" / "vocab.json", data_root=tiny_shapes)
     names = sorted(p.name.split("-")[1] for p in (tmp_path / "v").glob("tokens-*.json"))
     assert names == ["captions_train2017", "captions_val2017"] and len(loader.dataset) == 80
+    monkeypatch.chdir(tmp_path / "v")  # no vocab_file: where its docstring says, train.py's file
+    get_loader(get_transform(False, S), mode="val", batch_size=4, vocab_threshold=1, data_root=tiny_shapes)
+    assert (tmp_path / "v" / "data" / "cache" / "vocab-shapes-t1.json").is_file()
+    assert len(list((tmp_path / "v" / "data" / "cache").glob("tokens-*.json"))) == 2
 
 
 # ---------------------------------------------------------------------------------------------------
