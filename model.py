@@ -4,12 +4,20 @@
 
 The decoder sees the image feature at step 0 and the caption's words after it, so with captions
 framed as <start> w1 ... wn <end> it learns to predict <start> w1 ... wn <end> (the Udacity contract).
+
+Show, Attend and Tell (Xu et al., 2015) is the other decoder (model_args["decoder"] = "attention"):
+
+    image ──EncoderCNN(attention=True)──> annotations (B, L, embed) ──AttentionDecoder──> word scores (B, T, vocab)
+
+one annotation per position of the CNN's map; before each word the decoder weighs the L positions (the
+weights alpha (B, L) sum to 1) and reads their weighted mean. greedy_search and beam_search serve both.
 """
 import os
 import random
 import re
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlparse
 
 import numpy as np
@@ -186,16 +194,25 @@ class LocalFeatures(nn.Module):
     square and a red circle" pool to nearly the same vector. Here each position is read on its own, while its
     colour and shape are still together, and the max keeps what any position found. The same weights serve
     every position, so an object is recognised wherever it is. (B, C, h, w) -> (B, out_size).
+
+    pool=False keeps every position instead: (B, C, h, w) -> (B, h*w, out_size), the annotation vectors an
+    attention decoder looks at (hidden=0: one linear layer per position, no MLP).
     """
 
-    def __init__(self, channels, hidden, out_size):
+    def __init__(self, channels, hidden, out_size, pool=True):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
-        self.out = nn.Linear(hidden, out_size)
+        if hidden:
+            self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        else:
+            self.mlp = nn.Identity()
+        self.out = nn.Linear(hidden or channels, out_size)
+        self.pool = pool
 
     def forward(self, maps):
-        positions = maps.flatten(2).transpose(1, 2)  # (B, h*w, C)
-        return self.out(self.mlp(positions).amax(1))  # (B, out_size)
+        positions = maps.flatten(2).transpose(1, 2)  # (B, L = h*w, C)
+        if self.pool:
+            return self.out(self.mlp(positions).amax(1))  # (B, out_size)
+        return self.out(self.mlp(positions))  # (B, L, out_size)
 
 
 class EncoderCNN(nn.Module):
@@ -207,6 +224,9 @@ class EncoderCNN(nn.Module):
     - backbone_blocks > 0 keeps only the CNN's first blocks (see build_backbone): a finer map, cheaper to run.
     - local_hidden > 0 replaces pooling and head with LocalFeatures: an MLP of that width at every position of
       the map, then the max over positions. On shapes it is what binds colours to shapes (README, Results).
+    - attention=True hands an attention decoder the annotation vectors instead of one embedding: the whole
+      map, each position embedded on its own (LocalFeatures without the max: the MLP when local_hidden > 0,
+      else one linear layer), (B, L = h*w, embed_size).
     - feature_norm standardises each feature (each channel of a map) with statistics of the training images;
       fit them with `encoder.fit_feature_stats(train_features)`.
     - embed_norm puts a LayerNorm after the embedding: the word embeddings the LSTM sees after step 0 are
@@ -216,21 +236,25 @@ class EncoderCNN(nn.Module):
     """
 
     def __init__(self, embed_size=100, backbone="resnet50", pretrained=True, train_backbone=False, grid=1,
-                 head_hidden=0, embed_norm=False, feature_norm=False, backbone_blocks=0, local_hidden=0):
+                 head_hidden=0, embed_norm=False, feature_norm=False, backbone_blocks=0, local_hidden=0,
+                 attention=False):
         super().__init__()
         if min(local_hidden, head_hidden, backbone_blocks) < 0 or grid < 1:
             raise ValueError(f"sizes must not be negative (and grid >= 1): local_hidden={local_hidden}, "
                              f"head_hidden={head_hidden}, backbone_blocks={backbone_blocks}, grid={grid}")
-        if local_hidden and (grid != 1 or head_hidden):
-            raise ValueError("local_hidden replaces grid pooling and head_hidden: leave grid=1 and head_hidden=0")
+        if (local_hidden or attention) and (grid != 1 or head_hidden):
+            what = "an attention encoder keeps every map position" if attention else \
+                "local_hidden replaces grid pooling and head_hidden"
+            raise ValueError(f"{what}: leave grid=1 and head_hidden=0")
         self.backbone, channels = build_backbone(backbone, pretrained, backbone_blocks)
         self.train_backbone = train_backbone
-        self.local = bool(local_hidden)
+        self.attention = bool(attention)
+        self.local = bool(local_hidden) or self.attention  # features are whole maps (B, C, h, w)
         self.pool = nn.Identity() if self.local else nn.Sequential(nn.AdaptiveAvgPool2d(grid), nn.Flatten(1))
         self.feature_size = channels if self.local else channels * grid * grid  # per position when local
         layers = [Standardize(self.feature_size)] if feature_norm else []
-        if local_hidden:
-            layers += [LocalFeatures(channels, local_hidden, embed_size)]
+        if self.local:
+            layers += [LocalFeatures(channels, local_hidden, embed_size, pool=not self.attention)]
         elif head_hidden:
             layers += [nn.Linear(self.feature_size, head_hidden), nn.ReLU(), nn.Linear(head_hidden, embed_size)]
         else:
@@ -257,7 +281,7 @@ class EncoderCNN(nn.Module):
 
     def features(self, images):
         """(B, 3, H, W) -> what the feature cache stores: pooled features (B, C * grid * grid), or with
-        local_hidden the whole map (B, C, h, w)."""
+        local_hidden or attention the whole map (B, C, h, w)."""
         with torch.set_grad_enabled(self.train_backbone and torch.is_grad_enabled()):
             return self.pool(self.backbone(images))
 
@@ -272,7 +296,7 @@ class EncoderCNN(nn.Module):
         return tuple(shape)
 
     def forward(self, images):
-        return self.embed(self.features(images))  # (B, embed_size)
+        return self.embed(self.features(images))  # (B, embed_size), or (B, L, embed_size) with attention
 
 
 class DecoderRNN(nn.Module):
@@ -326,6 +350,11 @@ class DecoderRNN(nn.Module):
         hidden, state = self.lstm(inputs, state)  # (B, 1, H)
         return self.fc(hidden.squeeze(1)), state
 
+    @staticmethod
+    def reorder_state(state, index):
+        """The state of the rows `index` (B',): nn.LSTM keeps its batch on dim 1 of h and c (layers, B, H)."""
+        return tuple(s[:, index] for s in state)
+
     def sample(self, inputs, states=None, max_len=20):
         """Greedy caption of one image, as in the Udacity project: a list of ids that stops at <end>.
 
@@ -350,9 +379,157 @@ class DecoderRNN(nn.Module):
         return greedy_search(self, features, max_len)[0]
 
 
+class AttentionState(NamedTuple):
+    """What AttentionDecoder carries from step to step; every tensor has the batch first, so that indexing
+    rows (beam search) or repeating them works the same on each."""
+    h: torch.Tensor  # (B, H)
+    c: torch.Tensor  # (B, H)
+    alpha: torch.Tensor  # (B, L) the attention weights of the latest step
+    keys: torch.Tensor  # (B, L, A) the projected annotations, computed once per image
+
+
+class SoftAttention(nn.Module):
+    """Additive (Bahdanau) attention: e_l = w . tanh(W_a a_l + W_h h), alpha = softmax(e) over positions l,
+    context = sum_l alpha_l a_l. The projection W_a a_l of the annotations depends only on the image, so it is
+    computed once per image (`keys`) and not at every word."""
+
+    def __init__(self, feature_size, hidden_size, attention_size):
+        super().__init__()
+        self.key = nn.Linear(feature_size, attention_size)
+        self.query = nn.Linear(hidden_size, attention_size)
+        self.score = nn.Linear(attention_size, 1)
+
+    def keys(self, annotations):
+        return self.key(annotations)  # (B, L, A)
+
+    def forward(self, annotations, keys, h):
+        """annotations (B, L, D), keys (B, L, A), h (B, H) -> weights (B, L) that sum to 1, context (B, D)."""
+        energy = self.score(torch.tanh(keys + self.query(h).unsqueeze(1))).squeeze(2)  # (B, L)
+        alpha = energy.float().softmax(dim=1)  # (B, L), in fp32 even under bf16 autocast
+        context = torch.bmm(alpha.unsqueeze(1).to(annotations.dtype), annotations).squeeze(1)  # (B, D)
+        return alpha, context
+
+
+class AttentionDecoder(nn.Module):
+    """Show, Attend and Tell (Xu et al., 2015), soft attention: at each word the LSTM looks at every position.
+
+    The image arrives as L annotation vectors (B, L, D), one per position of the CNN's map (EncoderCNN with
+    attention=True). Before each word, additive attention between the LSTM's state and every annotation gives
+    weights alpha (B, L) and a context, their weighted mean; a gate beta = sigmoid(f(h)) scales the context
+    (Xu et al. section 4.2.1: it lets the decoder say how much the image matters for this word). An LSTMCell
+    reads [word embedding; gated context]; its initial h and c come from the mean annotation. Dropout comes
+    before the output layer.
+
+    The same contract as DecoderRNN: forward(features, captions) -> scores (B, T, V) where scores[:, t]
+    predicts captions[:, t]; start / step for decoding, with a state of batch-first tensors (AttentionState).
+    scores[:, 0] is the initial state's prediction (of <start>, as the seed's image step), and its weights
+    alpha[:, 0] are uniform: the initial state reads the mean annotation, that is every position equally.
+    """
+
+    def __init__(self, embed_size=100, hidden_size=512, vocab_size=None, attention_size=None, feature_size=None,
+                 start_id=0, end_id=1, dropout=0.0):
+        super().__init__()
+        if not vocab_size:
+            raise ValueError("AttentionDecoder needs vocab_size (len(vocab))")
+        feature_size = feature_size or embed_size
+        attention_size = attention_size or hidden_size
+        self.vocab_size, self.start_id, self.end_id = vocab_size, start_id, end_id
+        self.embed = nn.Embedding(vocab_size, embed_size)
+        self.attention = SoftAttention(feature_size, hidden_size, attention_size)
+        self.init_h = nn.Linear(feature_size, hidden_size)
+        self.init_c = nn.Linear(feature_size, hidden_size)
+        self.gate = nn.Linear(hidden_size, feature_size)
+        self.cell = nn.LSTMCell(embed_size + feature_size, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def initial_state(self, features):
+        """features (B, L, D) -> AttentionState from the mean annotation, with uniform weights."""
+        if features.dim() != 3:
+            raise ValueError(f"AttentionDecoder takes annotation vectors (B, L, D), got {tuple(features.shape)}: "
+                             "build the encoder with attention=True (model.build_model does)")
+        mean = features.mean(1)  # (B, D)
+        h, c = torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, H) each
+        B, L = features.shape[:2]
+        alpha = torch.full((B, L), 1.0 / L, device=features.device)  # (B, L)
+        return AttentionState(h, c, alpha, self.attention.keys(features))
+
+    def advance(self, words, state, features):
+        """One LSTM step on embedded words (B, E) -> the new state; no output layer."""
+        alpha, context = self.attention(features, state.keys, state.h)  # (B, L), (B, D)
+        gated = torch.sigmoid(self.gate(state.h)) * context  # (B, D)
+        h, c = self.cell(torch.cat([words, gated.to(words.dtype)], dim=1), (state.h, state.c))  # (B, H) each
+        return AttentionState(h, c, alpha, state.keys)
+
+    def forward(self, features, captions, return_attention=False):
+        """features (B, L, D), captions (B, T) -> scores (B, T, V); with return_attention also the weights
+        (B, T, L) behind each score (row 0 uniform, see the class docstring)."""
+        state = self.initial_state(features)
+        words = self.embed(captions[:, :-1])  # (B, T-1, E)
+        hidden, alphas = [state.h], [state.alpha]
+        for t in range(words.size(1)):
+            state = self.advance(words[:, t], state, features)
+            hidden.append(state.h)
+            alphas.append(state.alpha)
+        scores = self.fc(self.dropout(torch.stack(hidden, dim=1)))  # (B, T, V)
+        return (scores, torch.stack(alphas, dim=1)) if return_attention else scores  # (B, T, L)
+
+    def start(self, features):
+        """Scores for the first word (B, V), after <start>, and the state."""
+        state = self.initial_state(features)
+        start = torch.full((features.size(0),), self.start_id, dtype=torch.long, device=features.device)
+        return self.step(start, state, image=features)
+
+    def step(self, tokens, state, image=None):
+        """tokens (B,) and the state -> scores (B, V) for the next word and the new state (its alpha: the
+        weights behind these scores). image: the annotations (B, L, D), needed at every step."""
+        if image is None:
+            raise ValueError("the attention decoder looks at the image at every step: pass image= to step()")
+        state = self.advance(self.embed(tokens), state, image)
+        return self.fc(self.dropout(state.h)), state
+
+    @staticmethod
+    def reorder_state(state, index):
+        """The state of the rows `index` (B',)."""
+        return AttentionState(*(s[index] for s in state))
+
+    def generate(self, features, max_len=20):
+        """Batched greedy captions for many images: a list of id lists (no <start>, no <end>)."""
+        return greedy_search(self, features, max_len)[0]
+
+
+def attention_penalty(alpha, real=None):
+    """Xu et al.'s doubly stochastic regularisation, sum_l (1 - sum_t alpha_tl)^2, averaged over the captions.
+
+    It asks the decoder to look at every position about once over the caption, rather than at one place for
+    every word. alpha (B, T, L) as AttentionDecoder.forward returns it: row 0 (the initial state's uniform
+    weights) is not a step and is left out. real (B, T) bool marks the steps that count (captions padded to
+    one length); None: every step from 1.
+    """
+    alpha = alpha[:, 1:].float()  # (B, T-1, L)
+    if real is not None:
+        alpha = alpha * real[:, 1:, None]
+    return ((1.0 - alpha.sum(1)) ** 2).sum(1).mean()
+
+
 # ---------------------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------------------
+def reorder_state(decoder, state, index):
+    """The decoder state of the rows `index` (B',): the decoder's own reorder_state, else nn.LSTM's (h, c)."""
+    if hasattr(decoder, "reorder_state"):
+        return decoder.reorder_state(state, index)
+    return tuple(s[:, index] for s in state)
+
+
+def state_attention(state):
+    """The attention weights (B, L) behind the latest scores, or an error for a decoder without attention."""
+    alpha = getattr(state, "alpha", None)
+    if alpha is None:
+        raise ValueError("this decoder has no attention to return: train one with --decoder attention")
+    return alpha.float()
+
+
 def _trim(rows, end_id):
     """Token rows -> lists that stop before the first <end>."""
     out = []
@@ -362,17 +539,22 @@ def _trim(rows, end_id):
 
 
 @torch.inference_mode()
-def greedy_search(decoder, features, max_len=20):
+def greedy_search(decoder, features, max_len=20, return_attention=False):
     """The most likely word at every step. Returns (captions, log-probabilities (B,)).
 
     A caption's log-probability counts its words and its <end>, if it ended within max_len.
+    return_attention=True (an attention decoder) adds a third item: per caption, the weights behind each of
+    its words, (words, L) float tensors on the features' device.
     """
     batch = features.size(0)
     tokens = torch.full((batch, max_len), decoder.end_id, dtype=torch.long, device=features.device)
     score = torch.zeros(batch, device=features.device)
     done = torch.zeros(batch, dtype=torch.bool, device=features.device)
+    alphas = []
     logits, state = decoder.start(features)
     for t in range(max_len):
+        if return_attention:
+            alphas.append(state_attention(state))  # (B, L): behind this step's word
         logp, word = F.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (B,), (B,)
         score += torch.where(done, 0.0, logp)
         tokens[:, t] = torch.where(done, decoder.end_id, word)
@@ -380,7 +562,11 @@ def greedy_search(decoder, features, max_len=20):
         if bool(done.all()) or t + 1 == max_len:
             break
         logits, state = decoder.step(tokens[:, t], state, image=features)
-    return _trim(tokens, decoder.end_id), score
+    captions = _trim(tokens, decoder.end_id)
+    if not return_attention:
+        return captions, score
+    weights = torch.stack(alphas, dim=1)  # (B, steps, L)
+    return captions, score, [w[: len(c)] for w, c in zip(weights, captions)]
 
 
 def length_normaliser(length, alpha):
@@ -389,13 +575,15 @@ def length_normaliser(length, alpha):
 
 
 @torch.inference_mode()
-def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0):
+def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, return_attention=False):
     """Batched beam search. Returns (captions, log-probabilities (B,)) of the best hypothesis per image.
 
     At each step every live beam proposes its words; of the best beam_size proposals, those that say <end>
     leave the search as finished hypotheses, and the best beam_size proposals that do not say <end> live on.
     An image stops once no live beam can beat its best finished one. Hypotheses are ranked by
     log-probability / length_normaliser(length, length_penalty). beam_size=1 gives exactly greedy_search.
+    The decoder state follows its beams through reorder_state, so any decoder with start / step works.
+    return_attention=True adds, as greedy_search does, the weights behind each word of the winning hypotheses.
     """
     B, k, end, device = features.size(0), beam_size, decoder.end_id, features.device
     rows = torch.arange(B, device=device)
@@ -406,9 +594,14 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0):
     # Start every image with k copies of one beam; the copies' -inf scores keep only one alive at step 1.
     scores = torch.full((B, k), -float("inf"), device=device)
     scores[:, 0] = 0.0
-    logits, (h, c) = decoder.start(features)
-    logits, h, c = logits.repeat_interleave(k, 0), h.repeat_interleave(k, 1), c.repeat_interleave(k, 1)
-    image = features.repeat_interleave(k, 0)  # (B*k, E): a beam never changes image, so no reordering
+    logits, state = decoder.start(features)
+    copies = rows.repeat_interleave(k)  # (B*k,)
+    logits, state = logits[copies], reorder_state(decoder, state, copies)
+    image = features.repeat_interleave(k, 0)  # (B*k, ...): a beam never changes image, so no reordering
+    if return_attention:
+        L = state_attention(state).size(1)
+        best_alpha = torch.zeros(B, max_len, L, device=device)
+        alpha_history = torch.empty(B * k, 0, L, device=device)  # (B*k, t, L), beside `history`
     bound = length_normaliser(max_len, length_penalty)  # no live beam can normalise better than raw / bound
     for t in range(max_len):
         logp = F.log_softmax(logits.float(), dim=-1)  # (B*k, V)
@@ -427,36 +620,63 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0):
         best_tokens = torch.where(better[:, None], padded, best_tokens)
         best_raw = torch.where(better, top[rows, j], best_raw)
         best_norm = torch.maximum(best_norm, cand_norm)
+        if return_attention:
+            padded = F.pad(alpha_history[cand_parent], (0, 0, 0, max_len - t))  # (B, max_len, L)
+            best_alpha = torch.where(better[:, None, None], padded, best_alpha)
         # Live on: the best k proposals that do not say <end>.
         keep = (rank + ends * top.size(1)).argsort(dim=1)[:, :k]  # (B, k)
         scores, parent, word = top.gather(1, keep), parent.gather(1, keep), word.gather(1, keep)
         flat = (rows[:, None] * k + parent).view(-1)  # (B*k,)
         history = torch.cat([history[flat], word.view(-1, 1)], dim=1)  # (B*k, t+1)
-        h, c = h[:, flat], c[:, flat]
+        if return_attention:  # the weights behind this step's words are those of the parents' state
+            alpha_history = torch.cat([alpha_history[flat], state_attention(state)[flat, None]], dim=1)
+        state = reorder_state(decoder, state, flat)
         if bool((best_norm >= scores.max(dim=1).values / bound).all()):
             break
         if t + 1 < max_len:
-            logits, (h, c) = decoder.step(word.view(-1), (h, c), image=image)
+            logits, state = decoder.step(word.view(-1), state, image=image)
     else:  # max_len reached: unfinished beams compete too, truncated as greedy_search truncates
         live_norm, j = (scores / bound).max(dim=1)
         better = live_norm > best_norm
         best_tokens = torch.where(better[:, None], history.view(B, k, -1)[rows, j], best_tokens)
         best_raw = torch.where(better, scores[rows, j], best_raw)
-    return _trim(best_tokens, end), best_raw
+        if return_attention:
+            best_alpha = torch.where(better[:, None, None], alpha_history.view(B, k, max_len, -1)[rows, j],
+                                     best_alpha)
+    captions = _trim(best_tokens, end)
+    if not return_attention:
+        return captions, best_raw
+    return captions, best_raw, [a[: len(c)] for a, c in zip(best_alpha, captions)]
 
 
 # ---------------------------------------------------------------------------------------------------
 # Building the model, and rebuilding it from a checkpoint
 # ---------------------------------------------------------------------------------------------------
+DECODER_TYPES = ("lstm", "attention")  # model_args["decoder"]: the seed's DecoderRNN, or AttentionDecoder
+
+
 def build_model(model_args):
-    """(encoder, decoder) from a dict of sizes: the one place both are made, for training and loading."""
+    """(encoder, decoder) from a dict of sizes: the one place both are made, for training and loading.
+
+    model_args["decoder"] names the decoder; checkpoints written before it existed rebuild the seed's LSTM.
+    """
     a = dict(model_args)
+    kind = a.get("decoder", "lstm")
+    if kind not in DECODER_TYPES:
+        raise ValueError(f"unknown decoder {kind!r}; choose from {list(DECODER_TYPES)}")
+    if kind == "attention" and a.get("num_layers", 1) != 1:
+        raise ValueError(f"the attention decoder has one LSTM layer; got num_layers={a['num_layers']}")
     encoder = EncoderCNN(a["embed_size"], a["backbone"], a.get("pretrained", True), a.get("train_backbone", False),
                          a.get("grid", 1), a.get("head_hidden", 0), a.get("embed_norm", False),
-                         a.get("feature_norm", False), a.get("backbone_blocks", 0), a.get("local_hidden", 0))
-    decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
-                         a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),
-                         a.get("image_every_step", False))
+                         a.get("feature_norm", False), a.get("backbone_blocks", 0), a.get("local_hidden", 0),
+                         attention=kind == "attention")
+    if kind == "attention":
+        decoder = AttentionDecoder(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("attention_size"),
+                                   a["embed_size"], a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0))
+    else:
+        decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
+                             a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),
+                             a.get("image_every_step", False))
     return encoder, decoder
 
 
