@@ -222,7 +222,7 @@ def cache_key(model_args, files, weights):
     """What the cached features depend on: backbone and its blocks, its weights, image size, pooling, files.
 
     model_args: the dict a checkpoint stores (TrainConfig.model_args); the keys read here are backbone,
-    image_size, grid, backbone_blocks and local_hidden. weights: backbone_digest(encoder), the hash of the
+    image_size, grid, backbone_blocks, and whether maps are kept (keeps_maps). weights: backbone_digest(encoder), the hash of the
     CNN's weights (not the `pretrained` flag: two random backbones of different seeds give other features).
     files: each file's folder and name, size and modification time, so a file replaced in place (same name and
     size) rebuilds the cache.
@@ -236,7 +236,7 @@ def cache_key(model_args, files, weights):
     blob = json.dumps({"backbone": a["backbone"], "weights": weights, "image_size": a["image_size"],
                        "grid": a.get("grid", 1), "files": [describe_file(f) for f in files], "version": 2,
                        **({"blocks": a["backbone_blocks"]} if a.get("backbone_blocks") else {}),
-                       **({"maps": True} if a.get("local_hidden") else {})})
+                       **({"maps": True} if keeps_maps(a) else {})})
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -250,10 +250,16 @@ def describe_file(path):
     return [f"{path.parent.name}/{path.name}", st.st_size, st.st_mtime_ns]
 
 
+def keeps_maps(model_args):
+    """Whether the cache keeps whole maps (N, C, h, w) rather than pooled features: for local features, and for
+    the attention decoder's annotation vectors. Both read the same maps, so they share one cache."""
+    return bool(model_args.get("local_hidden")) or model_args.get("decoder", "lstm") == "attention"
+
+
 def cache_path(model_args, cache_dir, key):
     """cache_dir/<backbone>[-b<blocks>]-<size>px-<g<grid> or maps>-<key>.pt: readable names, keyed content."""
     a = model_args
-    layout = "maps" if a.get("local_hidden") else f"g{a.get('grid', 1)}"
+    layout = "maps" if keeps_maps(a) else f"g{a.get('grid', 1)}"
     blocks = f"-b{a['backbone_blocks']}" if a.get("backbone_blocks") else ""
     return Path(cache_dir) / f"{a['backbone']}{blocks}-{a['image_size']}px-{layout}-{key[:16]}.pt"
 

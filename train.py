@@ -39,8 +39,8 @@ from data_loader import (CocoCaptionDataset, LengthBatchSampler, collate_skippin
                          find_split, get_transform, train_captions_file)
 from features import atomic_save, cached_features, compute_features
 from metrics import caption_metrics
-from model import (CHECKPOINT_FORMAT, autocast, build_model, get_device, greedy_search, load_state, read_checkpoint,
-                   set_seed)
+from model import (CHECKPOINT_FORMAT, AttentionDecoder, attention_penalty, autocast, build_model, get_device,
+                   greedy_search, load_state, read_checkpoint, set_seed)
 from vocabulary import Vocabulary, load_or_build_vocab
 
 
@@ -71,8 +71,12 @@ class TrainConfig:
     embed_size: int = opt(100, "word and image embedding size")
     hidden_size: int = opt(512, "LSTM hidden units")
     num_layers: int = opt(1, "LSTM layers")
-    dropout: float = opt(0.0, "dropout between LSTM layers (needs num_layers > 1)")
+    dropout: float = opt(0.0, "dropout between LSTM layers (needs num_layers > 1); attention: before the output layer")
     image_every_step: bool = opt(False, "give the LSTM the image beside every word, not only first (par-inject)")
+    decoder: str = opt("lstm", "lstm (the seed's) or attention (Show, Attend and Tell: weighs every map position "
+                               "before each word)")
+    attention_size: int = opt(0, "attention decoder: hidden size of the additive attention; 0: hidden_size")
+    attention_reg: float = opt(1.0, "attention decoder: weight of the doubly stochastic regularisation (Xu et al.)")
     # optimisation
     epochs: int = opt(10, "passes over every training caption")
     batch_size: int = opt(128, "captions per step (per process under torchrun)")
@@ -102,7 +106,8 @@ class TrainConfig:
                     backbone_blocks=self.backbone_blocks, local_hidden=self.local_hidden,
                     feature_norm=self.feature_norm, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
-                    image_every_step=self.image_every_step,
+                    image_every_step=self.image_every_step, decoder=self.decoder,
+                    attention_size=self.attention_size or self.hidden_size,
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
 
@@ -213,8 +218,12 @@ class Captioner(nn.Module):
         self.encoder, self.decoder = encoder, decoder
 
     def forward(self, inputs, captions, from_features):
-        embedded = self.encoder.embed(inputs) if from_features else self.encoder(inputs)  # (B, E)
-        return self.decoder(embedded, captions)  # (B, T, V)
+        """(scores (B, T, V), the attention decoder's doubly stochastic term, 0 for the seed's decoder)."""
+        embedded = self.encoder.embed(inputs) if from_features else self.encoder(inputs)  # (B, E) or (B, L, E)
+        if isinstance(self.decoder, AttentionDecoder):
+            scores, alpha = self.decoder(embedded, captions, return_attention=True)  # (B, T, V), (B, T, L)
+            return scores, attention_penalty(alpha)
+        return self.decoder(embedded, captions), torch.zeros((), device=captions.device)
 
 
 def caption_loss(scores, captions):
@@ -264,10 +273,10 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
             inputs, captions = (t.to(device, non_blocking=True) for t in batch)
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            scores = model(inputs, captions, from_features)  # (B, T, V)
+            scores, penalty = model(inputs, captions, from_features)  # (B, T, V), ()
         loss = caption_loss(scores, captions)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + cfg.attention_reg * penalty).backward()
         if cfg.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
