@@ -417,8 +417,11 @@ class AttentionDecoder(nn.Module):
     attention=True). Before each word, additive attention between the LSTM's state and every annotation gives
     weights alpha (B, L) and a context, their weighted mean; a gate beta = sigmoid(f(h)) scales the context
     (Xu et al. section 4.2.1: it lets the decoder say how much the image matters for this word). An LSTMCell
-    reads [word embedding; gated context]; its initial h and c come from the mean annotation. Dropout comes
-    before the output layer.
+    reads [word embedding; gated context]; its initial h and c come from the mean annotation. The output is Xu
+    et al.'s deep output (their eq. 7): the previous word's embedding, the new h and the gated context, each
+    brought to the embedding size and summed, then dropout and a linear layer over the vocabulary. So a word
+    reads what it attended to directly, not only through the LSTM: the shape named after a colour is read at
+    the position the colour was read from.
 
     The same contract as DecoderRNN: forward(features, captions) -> scores (B, T, V) where scores[:, t]
     predicts captions[:, t]; start / step for decoding, with a state of batch-first tensors (AttentionState).
@@ -440,8 +443,10 @@ class AttentionDecoder(nn.Module):
         self.init_c = nn.Linear(feature_size, hidden_size)
         self.gate = nn.Linear(hidden_size, feature_size)
         self.cell = nn.LSTMCell(embed_size + feature_size, hidden_size)
+        self.out_h = nn.Linear(hidden_size, embed_size)  # the deep output's L_h and L_z
+        self.out_z = nn.Linear(feature_size, embed_size)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(hidden_size, vocab_size)
+        self.fc = nn.Linear(embed_size, vocab_size)
 
     def initial_state(self, features):
         """features (B, L, D) -> AttentionState from the mean annotation, with uniform weights."""
@@ -455,23 +460,24 @@ class AttentionDecoder(nn.Module):
         return AttentionState(h, c, alpha, self.attention.keys(features))
 
     def advance(self, words, state, features):
-        """One LSTM step on embedded words (B, E) -> the new state; no output layer."""
+        """One step on embedded words (B, E) -> (the new state, the deep output (B, E) before dropout and fc)."""
         alpha, context = self.attention(features, state.keys, state.h)  # (B, L), (B, D)
         gated = torch.sigmoid(self.gate(state.h)) * context  # (B, D)
         h, c = self.cell(torch.cat([words, gated.to(words.dtype)], dim=1), (state.h, state.c))  # (B, H) each
-        return AttentionState(h, c, alpha, state.keys)
+        out = words + self.out_h(h) + self.out_z(gated)  # (B, E)
+        return AttentionState(h, c, alpha, state.keys), out
 
     def forward(self, features, captions, return_attention=False):
         """features (B, L, D), captions (B, T) -> scores (B, T, V); with return_attention also the weights
         (B, T, L) behind each score (row 0 uniform, see the class docstring)."""
         state = self.initial_state(features)
         words = self.embed(captions[:, :-1])  # (B, T-1, E)
-        hidden, alphas = [state.h], [state.alpha]
+        outs, alphas = [self.out_h(state.h)], [state.alpha]  # position 0: the initial state alone
         for t in range(words.size(1)):
-            state = self.advance(words[:, t], state, features)
-            hidden.append(state.h)
+            state, out = self.advance(words[:, t], state, features)
+            outs.append(out)
             alphas.append(state.alpha)
-        scores = self.fc(self.dropout(torch.stack(hidden, dim=1)))  # (B, T, V)
+        scores = self.fc(self.dropout(torch.stack(outs, dim=1)))  # (B, T, V)
         return (scores, torch.stack(alphas, dim=1)) if return_attention else scores  # (B, T, L)
 
     def start(self, features):
@@ -485,8 +491,8 @@ class AttentionDecoder(nn.Module):
         weights behind these scores). image: the annotations (B, L, D), needed at every step."""
         if image is None:
             raise ValueError("the attention decoder looks at the image at every step: pass image= to step()")
-        state = self.advance(self.embed(tokens), state, image)
-        return self.fc(self.dropout(state.h)), state
+        state, out = self.advance(self.embed(tokens), state, image)
+        return self.fc(self.dropout(out)), state
 
     @staticmethod
     def reorder_state(state, index):
@@ -768,16 +774,17 @@ def latest_checkpoint(out_dir="runs", name="best.pt"):
 # ---------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, max_len=DEFAULT_MAX_LEN,
-                  length_penalty=0.0, with_scores=False):
+                  length_penalty=0.0, with_scores=False, with_attention=False):
     """Captions of one batch, as strings.
 
     Give either images (B, 3, H, W), normalised as get_transform(train=False) makes them, or features as the
     feature cache stores them, encoder.features(images): pooled (B, D), or whole maps (B, C, h, w) for an
-    encoder with local features (float16 is fine).
+    encoder with local features or attention (float16 is fine).
     beam=1 is greedy_search, beam>1 beam_search (ranked with the GNMT length_penalty alpha).
     Runs on the decoder's device: bf16 autocast on CUDA, fp32 elsewhere.
-    Returns [caption, ...] (B strings), or with with_scores=True ([caption, ...], log-probabilities (B,) on
-    the CPU), each the sum over the caption's words and its <end>.
+    Returns [caption, ...] (B strings). with_scores=True adds the log-probabilities (B,) on the CPU, each the
+    sum over the caption's words and its <end>; with_attention=True (an attention decoder) adds, per caption,
+    (its words, the weights behind each word on the CNN's grid (words, h, w) on the CPU), after the scores.
     """
     if (images is None) == (features is None):
         raise ValueError("caption_batch needs images or features (exactly one of them)")
@@ -785,16 +792,21 @@ def caption_batch(encoder, decoder, vocab, images=None, features=None, beam=1, m
         raise ValueError(f"beam width must be at least 1, got {beam}")
     device = next(decoder.parameters()).device
     with autocast(device):
-        if images is not None:
-            embedded = encoder(images.to(device))  # (B, E)
-        else:
-            embedded = encoder.embed(features.to(device).float())  # (B, D) or (B, C, h, w) -> (B, E)
+        maps = encoder.features(images.to(device)) if images is not None else features.to(device).float()
+        embedded = encoder.embed(maps)  # (B, E), or (B, L, E) annotations for an attention decoder
         if beam == 1:
-            ids, scores = greedy_search(decoder, embedded, max_len)
+            found = greedy_search(decoder, embedded, max_len, return_attention=with_attention)
         else:
-            ids, scores = beam_search(decoder, embedded, beam, max_len, length_penalty)
-    captions = [vocab.decode(c) for c in ids]
-    return (captions, scores.float().cpu()) if with_scores else captions
+            found = beam_search(decoder, embedded, beam, max_len, length_penalty, return_attention=with_attention)
+    ids, scores = found[:2]
+    out = [[vocab.decode(c) for c in ids]]
+    if with_scores:
+        out.append(scores.float().cpu())
+    if with_attention:
+        grid = maps.shape[-2:]  # (h, w): the weights are over the map's positions, row by row
+        out.append([([vocab.idx2word[i] for i in c], w.float().cpu().view(len(c), *grid))
+                    for c, w in zip(ids, found[2])])
+    return out[0] if len(out) == 1 else tuple(out)
 
 
 def checkpoint_max_len(ckpt, max_len=None):
