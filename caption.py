@@ -2,6 +2,8 @@
 
     python caption.py --checkpoint runs/NAME/best.pt photo.jpg more_photos/   # one "path<TAB>caption" a line
     python caption.py images/ --beam 3                                         # the newest run's best.pt
+    python caption.py --checkpoint runs/NAME/best.pt --attention figs/ images/ # + figs/<image stem>.png: where
+                                                                               #   each word looked (attention)
 
 From Python (the notebooks use these):
     encoder, decoder, vocab, ckpt = model.load_checkpoint(path, device)
@@ -19,6 +21,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_loader import ImageListDataset, ImageLoadError, collate_images, get_transform, load_image
+from heatmaps import attention_figure, save_png
 from model import DEFAULT_MAX_LEN, caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -64,19 +67,40 @@ def failure_reason(path, short_reason="unreadable"):
 
 
 def iter_captions(encoder, decoder, vocab, paths, image_size, beam=1, max_len=DEFAULT_MAX_LEN, length_penalty=0.0,
-                  batch_size=32, num_workers=0, progress=True):
-    """Yield (path, caption, None) or (path, None, reason) for every path, in order, a batch at a time."""
+                  batch_size=32, num_workers=0, progress=True, attention_dir=None):
+    """Yield (path, caption, None) or (path, None, reason) for every path, in order, a batch at a time.
+
+    attention_dir (an attention decoder): also write attention_dir/<image stem>.png for each captioned image,
+    the image and one panel per word with the weights behind it (heatmaps.attention_figure).
+    """
     dataset = ImageListDataset(paths, get_transform(train=False, image_size=image_size))
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
+    used = set()  # figure names written so far: a second photo.jpg (another folder) gets photo-2.png
     for images, index, failed in tqdm(loader, desc="captioning", unit="batch", leave=False,
                                       disable=None if progress else True):  # None: only on a terminal
         results = {i: (None, failure_reason(dataset.paths[i], reason)) for i, reason in failed}
         if images is not None:
-            texts = caption_batch(encoder, decoder, vocab, images=images, beam=beam, max_len=max_len,
-                                  length_penalty=length_penalty)
+            out = caption_batch(encoder, decoder, vocab, images=images, beam=beam, max_len=max_len,
+                                length_penalty=length_penalty, with_attention=attention_dir is not None)
+            texts = out[0] if attention_dir is not None else out
             results.update((int(i), (text, None)) for i, text in zip(index, texts))
+            if attention_dir is not None:
+                for i, image, text, (words, maps) in zip(index.tolist(), images, texts, out[1]):
+                    figure = attention_figure(image, words, maps, title=f"{Path(dataset.paths[i]).name}: {text}")
+                    save_png(figure, figure_path(attention_dir, dataset.paths[i], used))
         for i in sorted(results):
             yield (dataset.paths[i], *results[i])
+
+
+def figure_path(folder, image_path, used):
+    """folder/<image stem>.png, or <stem>-2.png, -3, ... when an earlier image of this run had that stem."""
+    stem, n = Path(image_path).stem, 1
+    name = f"{stem}.png"
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}.png"
+    used.add(name)
+    return Path(folder) / name
 
 
 def caption_images(encoder, decoder, vocab, paths, image_size, beam=1, max_len=DEFAULT_MAX_LEN, length_penalty=0.0,
@@ -114,6 +138,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=32, help="images decoded and captioned at once")
     parser.add_argument("--num-workers", type=int, default=2, help="image-decoding processes")
     parser.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), or a torch device name")
+    parser.add_argument("--attention", default=None, metavar="DIR",
+                        help="also write DIR/<image stem>.png: where each word looked (attention decoders only)")
     return parser.parse_args(argv)
 
 
@@ -132,15 +158,25 @@ def main(argv=None):
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
+    if args.attention is not None and not getattr(encoder, "attention", False):
+        kind = ckpt["model_args"].get("decoder", "lstm")
+        print(f"error: {checkpoint} has no attention to draw (its decoder is {kind!r}); --attention needs a "
+              "checkpoint trained with --decoder attention", file=sys.stderr)
+        return 2
     failed = 0
-    for path, text, reason in iter_captions(encoder, decoder, vocab, paths, ckpt["model_args"]["image_size"],
-                                            args.beam, checkpoint_max_len(ckpt, args.max_len),
-                                            args.length_penalty, args.batch_size, args.num_workers):
-        if reason is None:
-            tqdm.write(f"{path}\t{text}", file=sys.stdout)
-        else:
-            failed += 1
-            tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
+    try:
+        for path, text, reason in iter_captions(encoder, decoder, vocab, paths, ckpt["model_args"]["image_size"],
+                                                args.beam, checkpoint_max_len(ckpt, args.max_len),
+                                                args.length_penalty, args.batch_size, args.num_workers,
+                                                attention_dir=args.attention):
+            if reason is None:
+                tqdm.write(f"{path}\t{text}", file=sys.stdout)
+            else:
+                failed += 1
+                tqdm.write(f"error: {path}: {reason}", file=sys.stderr)
+    except OSError as e:  # the attention folder cannot be written
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 1
     if failed:
         print(f"error: {failed} of {len(paths)} images could not be captioned (named above)", file=sys.stderr)
         return 1

@@ -172,10 +172,15 @@ def transform_figure(image, eval_transform, train_transform, n_train=3, seed=0):
 
 def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280, grid=1, head_hidden=0,
                          embed_size=100, hidden_size=512, vocab_size=None, words=("a", "red", "circle"),
-                         embed_norm=False, backbone_blocks=0, local_hidden=0, image_every_step=False):
+                         embed_norm=False, backbone_blocks=0, local_hidden=0, image_every_step=False,
+                         decoder="lstm", attention_size=0):
     """Boxes and arrows of Show and Tell with this configuration's sizes: the CNN encoder feeds the image
     embedding to the LSTM at step 0 (and beside every word with image_every_step); the caption's words follow;
-    a linear layer scores the next word. channels: the CNN map's channels (the encoder's feature_shape[0])."""
+    a linear layer scores the next word. channels: the CNN map's channels (the encoder's feature_shape[0]).
+    decoder="attention" draws Show, Attend and Tell instead (attention_diagram)."""
+    if decoder == "attention":
+        return attention_diagram(backbone, image_size, channels, embed_size, hidden_size, attention_size, vocab_size,
+                                 words, embed_norm, backbone_blocks, local_hidden)
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     V = vocab_size or "V"
@@ -238,6 +243,93 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
             "sampling: each predicted word is fed back as the next input", ha="center", fontsize=8, color="0.3")
     fig.tight_layout()
     return fig
+
+
+def attention_diagram(backbone="mobilenet_v2", image_size=128, channels=1280, embed_size=100, hidden_size=512,
+                      attention_size=0, vocab_size=None, words=("a", "red", "circle"), embed_norm=False,
+                      backbone_blocks=0, local_hidden=0):
+    """Boxes and arrows of Show, Attend and Tell (model.AttentionDecoder) with this configuration's sizes: the
+    encoder hands over one annotation per map position; before each word, attention weighs them against the
+    LSTM's state and the gated context goes into the LSTM beside the word."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    V, A = vocab_size or "V", attention_size or hidden_size
+    fig, ax = plt.subplots(figsize=(12, 6.2))
+    ax.set_xlim(0, 12.2)
+    ax.set_ylim(0, 6.9)
+    ax.axis("off")
+
+    def box(x, y, text, color, w=1.7, h=0.85):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="0.3"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1, **kw):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color="0.25", **kw))
+
+    enc, dec, att, word_in, word_out = "#cfe3f7", "#fde2c4", "#f6d5e5", "#e6e6e6", "#d9f2d9"
+    # The encoder: the map is kept, one annotation per position.
+    x = 1.2
+    blocks = f", first {backbone_blocks} blocks" if backbone_blocks else ""
+    per_position = (f"MLP {channels}→{local_hidden}→{local_hidden}→{embed_size}" if local_hidden
+                    else f"Linear {channels}→{embed_size}") + (" → LayerNorm" if embed_norm else "")
+    box(x, 6.2, f"image\n(B, 3, {image_size}, {image_size})", word_in)
+    box(x, 4.95, f"CNN {backbone}{blocks}\nImageNet weights, frozen\n(B, {channels}, h, w)", enc, w=2.1, h=1.0)
+    box(x, 3.45, f"at every position (no max):\n{per_position}\nannotations a_1..a_L\n(B, L = h·w, {embed_size})",
+        enc, w=2.2, h=1.25)
+    box(x, 1.7, f"initial state\nh0, c0 = tanh(Linear(\nmean annotation))", enc, w=2.1, h=0.95)
+    for y0, y1 in ((5.77, 5.45), (4.45, 4.08), (2.82, 2.18)):
+        arrow(x, y0, x, y1)
+    ax.text(x, 0.75, "EncoderCNN(attention=True)", ha="center", fontsize=10, weight="bold")
+    # The decoder, unrolled in time: attention, then the LSTM, then the output layer, at every word.
+    inputs, outputs = ["<start>", *words], [*words, "<end>"]
+    xs = [3.7 + 2.05 * t for t in range(len(outputs))]
+    for t, xt in enumerate(xs):
+        box(xt, 6.2, outputs[t], word_out, w=1.0, h=0.45)
+        box(xt, 5.25, f"dropout, Linear\n{hidden_size}→{V}", dec, w=1.4, h=0.6)
+        box(xt, 4.2, f"LSTMCell\n{hidden_size} units", dec, w=1.4, h=0.65)
+        box(xt - 0.25, 2.75, f"attention ({A})\nα = softmax(w·tanh(\nW_a a_l + W_h h))\ncontext β·Σ α_l a_l",
+            att, w=1.45, h=1.15)
+        box(xt, 1.35, f"embedding of\n{inputs[t]} ({embed_size},)", word_in, w=1.4, h=0.6)
+        arrow(xt, 4.53, xt, 4.95)
+        arrow(xt, 5.55, xt, 5.97)
+        arrow(xt - 0.25, 3.33, xt - 0.25, 3.87)  # the gated context
+        arrow(xt + 0.6, 1.65, xt + 0.6, 3.87)  # the word, beside it
+        h_from = (x + 1.05, 1.9) if t == 0 else (xs[t - 1] + 0.7, 4.1)  # h of the previous step, or h0
+        arrow(*h_from, xt - 0.98, 2.95, connectionstyle="arc3,rad=0.15")
+        if t > 0:
+            arrow(xs[t - 1] + 0.7, 4.35, xt - 0.7, 4.35)  # (h, c) carried to the next step
+    arrow(x + 1.1, 3.2, xs[0] - 0.98, 2.5)  # the annotations, read at every step
+    ax.text((x + xs[0]) / 2 + 0.15, 2.05, "all L annotations,\nat every step", ha="center", fontsize=7, color="0.3")
+    ax.text((xs[0] + xs[-1]) / 2, 0.75, "AttentionDecoder (Xu et al., 2015: soft attention)", ha="center",
+            fontsize=10, weight="bold")
+    ax.text((xs[0] + xs[-1]) / 2, 0.25, "α sums to 1 over the L positions; β = sigmoid(Linear(h)) gates the context; "
+            "training adds λ·Σ_l (1 − Σ_t α_tl)²", ha="center", fontsize=8, color="0.3")
+    fig.tight_layout()
+    return fig
+
+
+def attention_figures(encoder, decoder, vocab, paths, image_size, beam=1, max_len=20, length_penalty=0.0,
+                      ncols=6):
+    """{path: figure} for image files: each image as the model saw it, then one panel per word of its caption
+    with the weights behind that word laid over it (heatmaps.attention_figure). Needs an attention decoder;
+    unreadable images are named and left out."""
+    from data_loader import ImageLoadError, get_transform, load_image
+    from heatmaps import attention_figure
+    from model import caption_batch
+
+    transform = get_transform(train=False, image_size=image_size)
+    figures = {}
+    for path in paths:
+        try:
+            image = transform(load_image(path))  # (3, S, S)
+        except ImageLoadError as e:
+            print(f"left out {path}: {e}")
+            continue
+        (text,), ((words, maps),) = caption_batch(encoder, decoder, vocab, images=image[None], beam=beam,
+                                                  max_len=max_len, length_penalty=length_penalty,
+                                                  with_attention=True)
+        figures[path] = attention_figure(image, words, maps, ncols=ncols, title=f"{Path(path).name}: {text}")
+    return figures
 
 
 def save_figure(fig, path, dpi=100, colors=None):

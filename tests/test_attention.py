@@ -3,6 +3,8 @@ them, the doubly stochastic term, decoding through the shared searches, and chec
 
 Tiny sizes, random weights, CPU only (one torch thread: conftest's session fixture).
 """
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,3 +272,82 @@ def test_checkpoint_round_trip_rebuilds_the_attention_decoder(tmp_path):
     old_args = {k: v for k, v in args.items() if k not in ("decoder", "attention_size")}
     old_enc, old_dec = model.build_model(old_args)
     assert isinstance(old_dec, DecoderRNN) and not old_enc.attention
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training on the tiny shapes set, and caption.py --attention
+# ---------------------------------------------------------------------------------------------------
+ATTENTION_EPOCHS = 40
+
+
+@pytest.fixture(scope="module")
+def attention_run(tiny_shapes, tmp_path_factory):
+    """A run folder whose attention model has learned the tiny shapes training images (4x4 maps at 64 px)."""
+    from conftest import tiny_train_config
+    from train import train
+
+    cfg = tiny_train_config(tiny_shapes, tmp_path_factory.mktemp("attention"), grid=1, head_hidden=0,
+                            backbone_blocks=14, local_hidden=64, decoder="attention", attention_size=32,
+                            attention_reg=0.0, epochs=ATTENTION_EPOCHS, save_every=ATTENTION_EPOCHS)
+    return train(cfg)
+
+
+def test_tiny_shapes_is_learned_with_attention(attention_run):
+    from train import read_metrics
+
+    rows = read_metrics(attention_run)
+    assert len(rows) == ATTENTION_EPOCHS
+    assert max(r["object_f1"] for r in rows) == 1.0  # first reached at epoch 33 of 40 when written
+    encoder, decoder, vocab, ckpt = model.load_checkpoint(attention_run / "best.pt")
+    assert isinstance(decoder, AttentionDecoder) and encoder.attention
+    assert ckpt["model_args"]["decoder"] == "attention" and ckpt["metrics"]["object_f1"] == 1.0
+
+
+def test_caption_batch_returns_each_words_weights_on_the_grid(attention_run):
+    encoder, decoder, vocab, _ = model.load_checkpoint(attention_run / "best.pt")
+    images = torch.randn(3, 3, 64, 64)
+    captions, scores, attention = model.caption_batch(encoder, decoder, vocab, images=images, beam=2,
+                                                      max_len=MAX_LEN, with_scores=True, with_attention=True)
+    assert captions == model.caption_batch(encoder, decoder, vocab, images=images, beam=2, max_len=MAX_LEN)
+    for text, (words, maps) in zip(captions, attention):
+        assert " ".join(words) == text and maps.shape == (len(words), 4, 4)  # 64 px -> a 4x4 map
+        assert torch.allclose(maps.sum((1, 2)), torch.ones(len(words)), atol=1e-5)
+
+
+def test_caption_cli_writes_attention_figures(attention_run, tmp_path, capsys):
+    import caption
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for name, colour in (("red.png", (200, 30, 30)), ("blue.jpg", (30, 30, 200))):
+        Image.new("RGB", (80, 64), colour).save(folder / name)
+    figures = tmp_path / "figures"
+    code = caption.main(["--checkpoint", str(attention_run / "best.pt"), "--num-workers", "0", "--attention",
+                         str(figures), str(folder)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert [Path(line.split("\t")[0]).name for line in out.splitlines()] == ["blue.jpg", "red.png"]  # captions
+    assert sorted(p.name for p in figures.iterdir()) == ["blue.png", "red.png"]
+    for png in figures.iterdir():
+        with Image.open(png) as image:
+            image.verify()  # a complete PNG
+        with Image.open(png) as image:
+            assert image.format == "PNG" and image.width > 300 and image.height > 150
+
+
+def test_caption_cli_refuses_attention_for_a_checkpoint_without_it(tmp_path, capsys):
+    import caption
+
+    vocab = Vocabulary("a red circle".split())
+    args = dict(embed_size=E, hidden_size=H, vocab_size=len(vocab), backbone="mobilenet_v2", pretrained=False,
+                image_size=64)
+    encoder, decoder = model.build_model(args)
+    torch.save({"format": model.CHECKPOINT_FORMAT, "model_args": args, "encoder": encoder.state_dict(),
+                "decoder": decoder.state_dict(), "vocab": vocab.to_dict()}, tmp_path / "lstm.pt")
+    code = caption.main(["--checkpoint", str(tmp_path / "lstm.pt"), "--attention", str(tmp_path / "figs"),
+                         str(Path(__file__).resolve().parents[1] / "images")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert "has no attention to draw (its decoder is 'lstm')" in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and not (tmp_path / "figs").exists()
