@@ -76,7 +76,7 @@ class TrainConfig:
     decoder: str = opt("lstm", "lstm (the seed's) or attention (Show, Attend and Tell: weighs every map position "
                                "before each word)")
     attention_size: int = opt(0, "attention decoder: hidden size of the additive attention; 0: hidden_size")
-    attention_reg: float = opt(1.0, "attention decoder: weight of the doubly stochastic regularisation (Xu et al.)")
+    attention_reg: float = opt(0.0, "attention decoder: weight λ of the doubly stochastic regularisation (Xu et al.)")
     # optimisation
     epochs: int = opt(10, "passes over every training caption")
     batch_size: int = opt(128, "captions per step (per process under torchrun)")
@@ -217,9 +217,12 @@ class Captioner(nn.Module):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
 
-    def forward(self, inputs, captions, from_features):
-        """(scores (B, T, V), the attention decoder's doubly stochastic term, 0 for the seed's decoder)."""
+    def forward(self, inputs, captions, from_features, with_penalty=False):
+        """scores (B, T, V); with_penalty=True: (scores, the attention decoder's doubly stochastic term (), 0 for
+        the seed's decoder)."""
         embedded = self.encoder.embed(inputs) if from_features else self.encoder(inputs)  # (B, E) or (B, L, E)
+        if not with_penalty:
+            return self.decoder(embedded, captions)  # (B, T, V)
         if isinstance(self.decoder, AttentionDecoder):
             scores, alpha = self.decoder(embedded, captions, return_attention=True)  # (B, T, V), (B, T, L)
             return scores, attention_penalty(alpha)
@@ -273,7 +276,7 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
             inputs, captions = (t.to(device, non_blocking=True) for t in batch)
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast(device):
-            scores, penalty = model(inputs, captions, from_features)  # (B, T, V), ()
+            scores, penalty = model(inputs, captions, from_features, with_penalty=True)  # (B, T, V), ()
         loss = caption_loss(scores, captions)
         optimizer.zero_grad(set_to_none=True)
         (loss + cfg.attention_reg * penalty).backward()
