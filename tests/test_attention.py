@@ -351,3 +351,25 @@ def test_caption_cli_refuses_attention_for_a_checkpoint_without_it(tmp_path, cap
     assert code == 2 and captured.out == ""
     assert "has no attention to draw (its decoder is 'lstm')" in captured.err
     assert len(captured.err.strip().splitlines()) == 1 and not (tmp_path / "figs").exists()
+
+
+@pytest.mark.slow
+def test_inference_notebook_draws_the_attention(attention_run, tmp_path, monkeypatch):
+    import nbformat
+    import papermill
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    executed = tmp_path / "3_Inference.ipynb"
+    papermill.execute_notebook(str(repo / "3_Inference.ipynb"), str(executed), cwd=str(repo), kernel_name="python3",
+                               progress_bar=False, parameters=dict(CHECKPOINT=str(attention_run / "best.pt"),
+                                                                   N_IMAGES=2, N_ATTENTION=2, BEAM=2,
+                                                                   OUTPUT_DIR=str(tmp_path / "out"),
+                                                                   METRICS_BACKEND="python"))
+    nb = nbformat.read(executed, as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    photos = [p for p in (repo / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
+    # The test grid and the own-images grid, 2 test images' attention figures, and one per sample photo.
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2 + 2 + len(photos)
+    assert "has no attention" not in "".join(o.get("text", "") for o in outputs)
