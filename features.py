@@ -223,7 +223,8 @@ def cache_key(model_args, files, weights):
 
     model_args: the dict a checkpoint stores (TrainConfig.model_args); the keys read here are backbone,
     image_size, grid, backbone_blocks, and whether maps are kept (keeps_maps: local_hidden or the attention
-    decoder). weights: backbone_digest(encoder), the hash of the CNN's weights (not the `pretrained` flag: two random backbones of different seeds give other features).
+    decoder). weights: backbone_digest(encoder), the hash of the CNN's weights (not the `pretrained` flag: two
+    random backbones of different seeds give other features).
     files: each file's folder and name, size and modification time, so a file replaced in place (same name and
     size) rebuilds the cache.
     Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
