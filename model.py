@@ -7,7 +7,7 @@ framed as <start> w1 ... wn <end> it learns to predict <start> w1 ... wn <end> (
 
 Show, Attend and Tell (Xu et al., 2015) is the other decoder (model_args["decoder"] = "attention"):
 
-    image ──EncoderCNN(attention=True)──> annotations (B, L, embed) ──AttentionDecoder──> word scores (B, T, vocab)
+    image ──EncoderCNN(attention=True)──> annotations (B, L, embed) ──AttentionDecoder──> scores (B, T, vocab)
 
 one annotation per position of the CNN's map; before each word the decoder weighs the L positions (the
 weights alpha (B, L) sum to 1) and reads their weighted mean. greedy_search and beam_search serve both.
