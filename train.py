@@ -124,6 +124,20 @@ PRESETS = {
 }
 AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data root
 
+# Settings that a resumed run may change (--resume RUN with these flags, or make_config(resume=RUN, ...)): how it
+# trains, validates, saves and where it runs. Everything else shapes the model or the data that the checkpoint's
+# weights, vocabulary and feature statistics were made for (backbone, sizes, decoder, data_root, vocab_threshold,
+# image_size, ...), so a different value is refused. out_dir and run_name are the run's own folder: kept.
+RESUMABLE = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "max_len", "val_images",
+             "best_metric", "device", "num_workers", "cache_dir", "save_every", "log_every", "compile", "strict")
+RUN_FOLDER = ("out_dir", "run_name")
+
+# The scores each epoch logs, and which way each improves: --best-metric must be one of them.
+LOWER_IS_BETTER = ("train_loss", "train_ppl", "val_loss", "val_ppl")
+EPOCH_SCORERS = ("Bleu", "CIDEr")  # metrics.py scorers run on the greedy validation captions every epoch
+EPOCH_SCORES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr")  # what those scorers return; higher is better
+SHAPES_SCORES = ("object_f1", "object_exact")  # shapes data only (metrics.caption_metrics); higher is better
+
 
 # ---------------------------------------------------------------------------------------------------
 # Processes and devices
@@ -133,12 +147,17 @@ def make_config(preset="seed", **overrides):
 
     preset None or "auto": the preset made for the data root (data_loader.data_defaults): shapes-cpu on the
     shapes data, coco on COCO; so setting the data root alone switches every data-dependent setting.
+    With resume=RUN the starting point is the run's saved config instead of the preset, and the overrides
+    given change only what a resumed run may change (resume_config), as flags do on `train.py --resume`.
     """
     if preset in (None, AUTO_PRESET):
         preset = data_defaults(overrides.get("data_root") or TrainConfig.data_root)["preset"]
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    return TrainConfig(**{**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("resume"):
+        return resume_config(given.pop("resume"), given)[0]
+    return TrainConfig(**{**PRESETS[preset], **given})
 
 
 def setup_distributed(cfg):
@@ -156,6 +175,32 @@ def setup_distributed(cfg):
 def barrier(world_size):
     if world_size > 1:
         dist.barrier()
+
+
+def distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def any_process(flag, device):
+    """True in every process if `flag` is true in any (one small all-reduce under torchrun, else `flag`).
+
+    For the decisions one process must not take alone, such as skipping a step that the others would run:
+    they would then wait forever in DDP's all-reduce.
+    """
+    if not distributed():
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def first_across_processes(index, device):
+    """The smallest `index` over all processes (one small all-reduce under torchrun, else `index`)."""
+    if not distributed():
+        return index
+    t = torch.tensor([index], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -264,13 +309,14 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
     if from_features and batches:  # the epoch's caption order goes to the device once: no copy per step
         order = torch.as_tensor(split.usable[np.concatenate(batches)], device=device)  # (captions,)
         bounds = np.cumsum([0] + [len(b) for b in batches])
-    losses, sizes, tokens, first_step, t0 = [], [], [], state["step"], time.time()
+    losses, sizes, tokens, first_step, t0, skipped = [], [], [], state["step"], time.time(), 0
     bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, disable=rank != 0)
     for i, batch in enumerate(bar):
         if from_features:
             index = order[bounds[i]:bounds[i + 1]]  # (B,)
             captions, inputs = split.batch(index, int(sampler.lengths[batch[0]]))
-        elif batch is None:  # every image of this batch failed to decode; each was named in a warning
+        elif any_process(batch is None, device):  # every image failed to decode (each named in a warning),
+            skipped += 1  # here or in another process: all skip the step, or the others would wait in DDP
             continue
         else:
             inputs, captions = (t.to(device, non_blocking=True) for t in batch)
@@ -288,23 +334,32 @@ def train_one_epoch(model, optimizer, split, sampler, cfg, epoch, state, device,
         sizes.append(len(captions))
         tokens.append(real_targets(captions))
         if (i + 1) % cfg.log_every == 0:
-            mean = mean_loss(losses, tokens, first_step, epoch)
+            mean = mean_loss(losses, tokens, first_step, epoch, device)
             if rank == 0:
                 tqdm.write(f"epoch {epoch + 1} step {i + 1}/{len(batches)}  loss {mean:.3f}  ppl {math.exp(mean):.2f}"
                            f"  {sum(sizes) / (time.time() - t0):,.0f} captions/s")
-    return mean_loss(losses, tokens, first_step, epoch), sum(sizes) / max(time.time() - t0, 1e-9)
+    if skipped and rank == 0:
+        tqdm.write(f"epoch {epoch + 1}: skipped {skipped} batch(es) whose images all failed to load")
+    return mean_loss(losses, tokens, first_step, epoch, device), sum(sizes) / max(time.time() - t0, 1e-9)
 
 
-def mean_loss(losses, weights, first_step, epoch):
+def mean_loss(losses, weights, first_step, epoch, device="cpu"):
     """The mean of the step losses so far, each weighted by its number of real targets (so a per-token mean
-    over the epoch, like the validation loss); TrainingDiverged names the first bad step."""
+    over the epoch, like the validation loss); TrainingDiverged names the first bad step.
+
+    Under torchrun every process calls this at the same step and all of them stop if any saw a bad loss:
+    one process stopping alone would leave the others waiting forever in DDP's all-reduce, and rank 0 would
+    first save the weights that the bad step's gradients (averaged over processes) had spoilt.
+    """
     if not losses:
         return float("nan")
     values = torch.stack(losses).float().cpu()  # (steps,), one host sync
     bad = torch.nonzero(~torch.isfinite(values))
-    if len(bad):
-        k = int(bad[0])
-        raise TrainingDiverged(f"loss became {values[k].item()} at epoch {epoch + 1}, step {first_step + k + 1}; "
+    mine = int(bad[0]) if len(bad) else len(values)
+    k = first_across_processes(mine, device)
+    if k < len(values):
+        what = values[k].item() if k == mine else "NaN or infinite in another process"
+        raise TrainingDiverged(f"loss became {what} at epoch {epoch + 1}, step {first_step + k + 1}; "
                                "training stopped and the last good checkpoint is kept. Try a lower --lr "
                                "or --grad-clip.")
     return float((values * torch.tensor(weights, dtype=torch.float32)).sum() / sum(weights))
@@ -339,7 +394,7 @@ def validate(model, split, cfg, device):
         n += real_targets(captions)
     candidates = caption_features(model, split, features, cfg, device)
     metrics = {"val_loss": total / max(n, 1), "val_ppl": math.exp(min(total / max(n, 1), 50))}
-    metrics.update(caption_metrics(split.dataset, candidates, cfg.data_root, cfg.val_split))
+    metrics.update(caption_metrics(split.dataset, candidates, cfg.data_root, cfg.val_split, metrics=EPOCH_SCORERS))
     return metrics, candidates
 
 
@@ -381,16 +436,70 @@ def restore_rng(rng):
 
 
 def resume_config(run_dir, overrides=None):
-    """The config saved in RUN_DIR/last.pt, with explicit overrides (e.g. more epochs)."""
+    """(config, checkpoint) to continue RUN_DIR from its last.pt: the saved config with `overrides` on top.
+
+    `overrides` are the settings given explicitly (flags, notebook parameters). Those in RESUMABLE win over
+    the saved ones; out_dir and run_name stay the run's own; any other that differs from the saved value is
+    refused in one line that names it, since it would change the model or the data the checkpoint was made for.
+    """
     if not (Path(run_dir) / "last.pt").is_file():
         raise FileNotFoundError(f"{run_dir} holds no complete checkpoint (last.pt) to resume from; "
                                 "start a new run instead")
     ckpt = read_checkpoint(Path(run_dir) / "last.pt")
-    saved = ckpt["config"]
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    cfg = dataclasses.replace(cfg, **(overrides or {}), resume=str(run_dir))
-    return cfg, ckpt
+    saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
+    changed = {k: v for k, v in (overrides or {}).items() if k != "resume" and v != getattr(saved, k)}
+    refused = [k for k in changed if k not in RESUMABLE + RUN_FOLDER]
+    if refused:
+        named = ", ".join(f"{flag(k)} {changed[k]!r} (the run's: {getattr(saved, k)!r})" for k in refused)
+        raise ValueError(f"cannot resume {run_dir} with {named}: it would change the model or the data its "
+                         f"checkpoint was made for; leave it out, or start a new run. A resumed run may change "
+                         f"only {', '.join(flag(k) for k in RESUMABLE)}")
+    moved = [k for k in changed if k in RUN_FOLDER]
+    if moved:
+        print(f"note: {', '.join(flag(k) for k in moved)} ignored: a resumed run stays in its folder {run_dir}")
+    kept = {k: v for k, v in changed.items() if k in RESUMABLE}
+    return dataclasses.replace(saved, **kept, resume=str(run_dir)), ckpt
+
+
+def flag(name):
+    """The command-line spelling of a TrainConfig field."""
+    return "--" + name.replace("_", "-")
+
+
+def best_metric_names(cfg):
+    """The scores each epoch logs for this data: the valid values of --best-metric."""
+    shapes = is_shapes(cfg) or Path(cfg.data_root).name == "shapes"  # ensure_data generates shapes there
+    return LOWER_IS_BETTER + EPOCH_SCORES + (SHAPES_SCORES if shapes else ())
+
+
+def check_best_metric(cfg):
+    """Refuse, before any work, a --best-metric that no epoch would log."""
+    names = best_metric_names(cfg)
+    if cfg.best_metric not in names:
+        raise ValueError(f"--best-metric {cfg.best_metric!r} is not a score this run logs on {cfg.data_root}; "
+                         f"choose one of {', '.join(names)}")
+
+
+def improves(metric, score, best):
+    """Whether `score` beats `best` (None: no score yet): losses and perplexities fall, caption scores rise."""
+    if best is None:
+        return True
+    return score < best if metric in LOWER_IS_BETTER else score > best
+
+
+def best_so_far(run_dir, metric):
+    """(best.pt's score under `metric`, its metrics row), or (None, None) without a best.pt.
+
+    On resume this, not last.pt's record, is the score to beat: with save_every > 1, last.pt can be older
+    than best.pt, and its record of the best would then let a worse model overwrite best.pt. A metric that
+    best.pt's row lacks (--best-metric changed on resume) gives None: the next epoch replaces best.pt.
+    """
+    path = Path(run_dir) / "best.pt"
+    if not path.is_file():
+        return None, None
+    row = read_checkpoint(path)["metrics"]
+    return row.get(metric), row
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -443,10 +552,17 @@ def prepare(cfg, ckpt, device):
 
 
 def train(cfg):
-    """Train a captioner as `cfg` says; returns the run folder. Rank 0 writes logs and checkpoints."""
+    """Train a captioner as `cfg` says; returns the run folder. Rank 0 writes logs and checkpoints.
+
+    With cfg.resume, training continues that run with cfg's settings: every setting that differs from the
+    run's saved one counts as given, and must be one a resumed run may change (RESUMABLE). So build cfg from
+    the run, `make_config(resume=RUN, epochs=30)`, as `train.py --resume RUN --epochs 30` does; a bare
+    `TrainConfig(resume=RUN)` holds TrainConfig's defaults, which a refusal names if they differ from the run's.
+    """
     ckpt = None
     if cfg.resume:
-        cfg, ckpt = resume_config(cfg.resume, {"epochs": cfg.epochs})
+        cfg, ckpt = resume_config(cfg.resume, asdict(cfg))
+    check_best_metric(cfg)  # before any folder, data, cache or process group
     rank, world_size, device = setup_distributed(cfg)
     set_seed(cfg.seed)
     if rank == 0:
@@ -462,17 +578,21 @@ def train(cfg):
     model = Captioner(encoder, decoder).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "best": -float("inf")}
-    start_epoch = 0
+    state = {"step": 0, "best": None}
+    start_epoch, best_row = 0, None
     if ckpt is not None:
         load_state(model.encoder, ckpt["encoder"], "encoder")
         load_state(model.decoder, ckpt["decoder"], "decoder")
         optimizer.load_state_dict(ckpt["optimizer"])
+        for group in optimizer.param_groups:  # the loaded state carries the old run's; cfg's are the ones asked for
+            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
         restore_rng(ckpt["rng"])
-        state = {"step": ckpt["step"], "best": ckpt["best_score"]}
+        state["step"] = ckpt["step"]
         start_epoch = ckpt["epoch"]
+        if rank == 0:
+            state["best"], best_row = best_so_far(run_dir, cfg.best_metric)
     if rank == 0:
-        trim_metrics(run_dir, start_epoch)
+        trim_metrics(run_dir, start_epoch, best_row)
     if cfg.compile:
         model.decoder = compile_or_eager(model.decoder)
     train_model = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
@@ -496,13 +616,9 @@ def train(cfg):
                        "train_ppl": math.exp(min(train_loss, 50)), **metrics,
                        "captions_per_s": speed, "epoch_time_s": time.time() - t0}
             log_epoch(run_dir, metrics)
-            if cfg.best_metric not in metrics and epoch == start_epoch:
-                scores = sorted(k for k, v in metrics.items() if isinstance(v, float))
-                print(f"note: best_metric {cfg.best_metric!r} is not among this run's validation scores ({scores}); "
-                      "best.pt follows the lowest validation loss instead")
-            score = metrics.get(cfg.best_metric, -metrics["val_loss"])
-            improved = score > state["best"]
-            state["best"] = max(state["best"], score)
+            improved = improves(cfg.best_metric, metrics[cfg.best_metric], state["best"])
+            if improved:
+                state["best"] = metrics[cfg.best_metric]
             last = epoch + 1 == cfg.epochs
             if improved or last or (epoch + 1) % cfg.save_every == 0:
                 ckpt_dict = make_checkpoint(model, optimizer, cfg, vocab, epoch + 1, state, metrics)
@@ -562,12 +678,15 @@ def log_epoch(run_dir, metrics):
                + f"  ({metrics['epoch_time_s']:.1f} s, {metrics['captions_per_s']:,.0f} captions/s)")
 
 
-def trim_metrics(run_dir, epochs):
-    """Keep only metrics.jsonl's rows of epochs 1..`epochs`, those of the checkpoint training starts from.
+def trim_metrics(run_dir, epochs, best_row=None):
+    """Keep only metrics.jsonl's rows of epochs 1..`epochs`, those of the checkpoint training starts from, and
+    `best_row` (best.pt's metrics).
 
     A crash after an epoch is logged but before its checkpoint lands leaves a row with no weights behind it;
-    that epoch is trained again on resume, so its old row goes and the log always matches the weights. A new
-    run in a folder without last.pt (a crash before the first checkpoint) starts an empty log.
+    that epoch is trained again on resume, so its old row goes and the log always matches the weights. best.pt
+    can be newer than last.pt (save_every > 1): its row stays, as its weights do, so the log still shows
+    where best.pt came from (the epoch trained again then has a second row, for its new weights). A new run
+    in a folder without last.pt (a crash before the first checkpoint) starts an empty log.
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
@@ -575,7 +694,8 @@ def trim_metrics(run_dir, epochs):
     keep = []
     for line in path.read_text().splitlines():
         try:
-            if json.loads(line)["epoch"] <= epochs:
+            row = json.loads(line)
+            if row["epoch"] <= epochs or row == best_row:
                 keep.append(line + "\n")
         except (ValueError, KeyError, TypeError):  # a line torn by the crash
             continue
@@ -611,8 +731,7 @@ def parse_args(argv=None):
                                 help=f.metadata["help"] + f" (default: {f.default!r})")
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if v is not None and k != "preset"}
-    if given.get("resume"):  # the run's own config, changed only by the flags given (e.g. --epochs)
-        return resume_config(given.pop("resume"), given)[0]
+    # On --resume the run's own config is the start (not a preset), changed only by the flags given.
     return make_config(args.preset, **given)
 
 
