@@ -248,7 +248,8 @@ def test_bad_annotation_files_through_the_clis_are_one_line(small_run, tmp_path,
     root = tmp_path / "root"
     (root / "annotations").mkdir(parents=True)
     ann = root / "annotations" / "captions_train2017.json"
-    cfg = tiny_train_config(root, tmp_path / "runs", epochs=1, cache_dir=str(tmp_path / "cache"), **SMALL)
+    cfg = tiny_train_config(root, tmp_path / "runs", epochs=1, cache_dir=str(tmp_path / "cache"),
+                            best_metric="CIDEr", **SMALL)  # not shapes data: no object F1
     ann.write_text('{"images": [], "annotations": [')  # cut off mid-file
     assert train_mod.main(cli_flags(cfg)) == 1
     assert one_error_line(capsys.readouterr().err).startswith(f"error: {ann} is not a valid JSON caption file")
