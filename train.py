@@ -436,7 +436,8 @@ def restore_rng(rng):
 
 
 def resume_config(run_dir, overrides=None):
-    """(config, checkpoint) to continue RUN_DIR from its last.pt: the saved config with `overrides` on top.
+    """(config, checkpoint) to continue RUN_DIR: the saved config with `overrides` on top, and the newest complete
+    training state, last.pt or best.pt (resume_checkpoint).
 
     `overrides` are the settings given explicitly (flags, notebook parameters). Those in RESUMABLE win over
     the saved ones; out_dir and run_name stay the run's own; any other that differs from the saved value is
@@ -445,7 +446,7 @@ def resume_config(run_dir, overrides=None):
     if not (Path(run_dir) / "last.pt").is_file():
         raise FileNotFoundError(f"{run_dir} holds no complete checkpoint (last.pt) to resume from; "
                                 "start a new run instead")
-    ckpt = read_checkpoint(Path(run_dir) / "last.pt")
+    ckpt = resume_checkpoint(run_dir)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
     changed = {k: v for k, v in (overrides or {}).items() if k != "resume" and v != getattr(saved, k)}
@@ -460,6 +461,22 @@ def resume_config(run_dir, overrides=None):
         print(f"note: {', '.join(flag(k) for k in moved)} ignored: a resumed run stays in its folder {run_dir}")
     kept = {k: v for k, v in changed.items() if k in RESUMABLE}
     return dataclasses.replace(saved, **kept, resume=str(run_dir)), ckpt
+
+
+def resume_checkpoint(run_dir):
+    """RUN_DIR's last.pt, or its best.pt when that is newer.
+
+    Both hold the whole training state (weights, optimiser, RNG, step). best.pt is newer when an epoch improved
+    after last.pt's latest save (save_every > 1) or a crash fell between the two writes. Resuming from last.pt
+    then would train those epochs again, measure the new best against last.pt's stale record, and could
+    overwrite best.pt with a worse model; resuming from best.pt keeps it, and its metrics row.
+    """
+    ckpt = read_checkpoint(Path(run_dir) / "last.pt")
+    if (Path(run_dir) / "best.pt").is_file():
+        best = read_checkpoint(Path(run_dir) / "best.pt")
+        if best["epoch"] > ckpt["epoch"]:
+            return best
+    return ckpt
 
 
 def flag(name):
@@ -489,17 +506,14 @@ def improves(metric, score, best):
 
 
 def best_so_far(run_dir, metric):
-    """(best.pt's score under `metric`, its metrics row), or (None, None) without a best.pt.
+    """best.pt's own score under `metric`: the score a resumed run must beat to replace it (None: no best.pt).
 
-    On resume this, not last.pt's record, is the score to beat: with save_every > 1, last.pt can be older
-    than best.pt, and its record of the best would then let a worse model overwrite best.pt. A metric that
-    best.pt's row lacks (--best-metric changed on resume) gives None: the next epoch replaces best.pt.
+    Taken from best.pt itself rather than from the checkpoint resumed: that one's record is of the metric it
+    was trained with, and --best-metric may change on resume. A metric that best.pt's row lacks gives None:
+    the next epoch replaces best.pt.
     """
     path = Path(run_dir) / "best.pt"
-    if not path.is_file():
-        return None, None
-    row = read_checkpoint(path)["metrics"]
-    return row.get(metric), row
+    return read_checkpoint(path)["metrics"].get(metric) if path.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -579,7 +593,7 @@ def train(cfg):
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"step": 0, "best": None}
-    start_epoch, best_row = 0, None
+    start_epoch = 0
     if ckpt is not None:
         load_state(model.encoder, ckpt["encoder"], "encoder")
         load_state(model.decoder, ckpt["decoder"], "decoder")
@@ -590,9 +604,9 @@ def train(cfg):
         state["step"] = ckpt["step"]
         start_epoch = ckpt["epoch"]
         if rank == 0:
-            state["best"], best_row = best_so_far(run_dir, cfg.best_metric)
+            state["best"] = best_so_far(run_dir, cfg.best_metric)
     if rank == 0:
-        trim_metrics(run_dir, start_epoch, best_row)
+        trim_metrics(run_dir, start_epoch)
     if cfg.compile:
         model.decoder = compile_or_eager(model.decoder)
     train_model = nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
@@ -678,15 +692,12 @@ def log_epoch(run_dir, metrics):
                + f"  ({metrics['epoch_time_s']:.1f} s, {metrics['captions_per_s']:,.0f} captions/s)")
 
 
-def trim_metrics(run_dir, epochs, best_row=None):
-    """Keep only metrics.jsonl's rows of epochs 1..`epochs`, those of the checkpoint training starts from, and
-    `best_row` (best.pt's metrics).
+def trim_metrics(run_dir, epochs):
+    """Keep only metrics.jsonl's rows of epochs 1..`epochs`, those of the checkpoint training starts from.
 
     A crash after an epoch is logged but before its checkpoint lands leaves a row with no weights behind it;
-    that epoch is trained again on resume, so its old row goes and the log always matches the weights. best.pt
-    can be newer than last.pt (save_every > 1): its row stays, as its weights do, so the log still shows
-    where best.pt came from (the epoch trained again then has a second row, for its new weights). A new run
-    in a folder without last.pt (a crash before the first checkpoint) starts an empty log.
+    that epoch is trained again on resume, so its old row goes and the log always matches the weights. A new
+    run in a folder without last.pt (a crash before the first checkpoint) starts an empty log.
     """
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
@@ -694,8 +705,7 @@ def trim_metrics(run_dir, epochs, best_row=None):
     keep = []
     for line in path.read_text().splitlines():
         try:
-            row = json.loads(line)
-            if row["epoch"] <= epochs or row == best_row:
+            if json.loads(line)["epoch"] <= epochs:
                 keep.append(line + "\n")
         except (ValueError, KeyError, TypeError):  # a line torn by the crash
             continue

@@ -206,8 +206,9 @@ def test_a_flag_that_changes_the_model_or_data_is_refused_on_resume(one_epoch_ru
 
 
 def test_resume_keeps_best_pt_when_last_pt_is_older(tiny_shapes, tmp_path, monkeypatch):
-    """save_every 2: last.pt at epoch 2, best.pt at epoch 3, then a crash. The resumed epochs score worse than
-    best.pt (2.5 and 2.7 against 3.0, scripted): best.pt must stay epoch 3, and its metrics row too."""
+    """save_every 2: last.pt at epoch 2, best.pt at epoch 3 (CIDEr 3.0, scripted), then a crash. The resumed
+    run continues from best.pt, the newer state, so epoch 3 is not trained again, and the later epochs, which
+    score worse (2.5, 2.7), never replace best.pt; its metrics row stays, and the log has one row per epoch."""
     real_epoch = train_mod.train_one_epoch
 
     class Killed(Exception):
@@ -228,16 +229,17 @@ def test_resume_keeps_best_pt_when_last_pt_is_older(tiny_shapes, tmp_path, monke
     best_before = torch.load(run_dir / "best.pt", weights_only=True)
     assert best_before["epoch"] == 3
     monkeypatch.setattr(train_mod, "train_one_epoch", real_epoch)
-    scripted(monkeypatch, "CIDEr", [2.5, 2.7, 2.6])
+    scripted(monkeypatch, "CIDEr", [2.5, 2.7, 2.6])  # the third only if epoch 3 were trained again
     assert train_mod.main(["--resume", str(run_dir)]) == 0
     best = torch.load(run_dir / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["metrics"]["CIDEr"] == 3.0
     for part in ("encoder", "decoder"):
         assert all(torch.equal(t, best_before[part][k]) for k, t in best[part].items())
     rows = read_metrics(run_dir)
-    assert best["metrics"] in rows  # the log still shows where best.pt came from
-    assert max(rows, key=lambda r: r["CIDEr"]) == best["metrics"]
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 3, 4, 5]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and [r["CIDEr"] for r in rows] == [1.0, 2.0, 3.0, 2.5, 2.7]
+    assert rows[2] == best["metrics"]  # the log still shows where best.pt came from
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["epoch"] == 5 and last["step"] == best_before["step"] * 5 // 3  # epochs 4 and 5 only, after best.pt
 
 
 # ---------------------------------------------------------------------------------------------------
