@@ -129,7 +129,8 @@ AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data 
 # weights, vocabulary and feature statistics were made for (backbone, sizes, decoder, data_root, vocab_threshold,
 # image_size, ...), so a different value is refused. out_dir and run_name are the run's own folder: kept.
 RESUMABLE = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "max_len", "val_images",
-             "best_metric", "device", "num_workers", "cache_dir", "save_every", "log_every", "compile", "strict")
+             "best_metric", "device", "num_workers", "cache_dir", "save_every", "log_every", "compile", "strict",
+             "attention_reg")
 RUN_FOLDER = ("out_dir", "run_name")
 
 # The scores each epoch logs, and which way each improves: --best-metric must be one of them.
@@ -636,10 +637,12 @@ def train(cfg):
             last = epoch + 1 == cfg.epochs
             if improved or last or (epoch + 1) % cfg.save_every == 0:
                 ckpt_dict = make_checkpoint(model, optimizer, cfg, vocab, epoch + 1, state, metrics)
-                if improved:
-                    atomic_save(ckpt_dict, run_dir / "best.pt")
+                # last.pt first: a crash between the two writes then leaves last.pt the newest state, and the
+                # log at most one epoch ahead of it (best.pt is newer only with save_every > 1; resume_checkpoint)
                 if last or (epoch + 1) % cfg.save_every == 0:
                     atomic_save(ckpt_dict, run_dir / "last.pt")
+                if improved:
+                    atomic_save(ckpt_dict, run_dir / "best.pt")
         barrier(world_size)
     if world_size > 1:
         dist.destroy_process_group()
