@@ -22,6 +22,7 @@ from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision import transforms
 
+import data_sources
 from vocabulary import caption_tokens, load_or_build_vocab
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -196,8 +197,9 @@ def jpeg_header(data):
 # ---------------------------------------------------------------------------------------------------
 # Where a split lives
 # ---------------------------------------------------------------------------------------------------
-def find_split(data_root, split):
-    """(image folder, caption file) of a split, for COCO's 2017 or 2014 names."""
+def find_split(data_root, split, converted_dir=None):
+    """(image folder, caption file) of a split: COCO's 2017 or 2014 names, or a Flickr8k / Kaggle / Karpathy
+    root converted to COCO's format under data/converted/ (data_sources.py; `converted_dir` moves it)."""
     root = Path(data_root)
     for year in YEARS:
         ann = root / "annotations" / f"captions_{split}{year}.json"
@@ -205,8 +207,13 @@ def find_split(data_root, split):
             return root / f"{split}{year}", ann
     if split == "test" and any((root / "annotations" / f"image_info_test{y}.json").is_file() for y in YEARS):
         raise FileNotFoundError(f"COCO's test split under {root} has no public captions; evaluate on val instead")
+    source = data_sources.detect(root)
+    if source is not None:
+        return data_sources.converted_split(source, split, converted_dir)
+    missing = "" if root.exists() else f" (the data root {root} does not exist)"
     tried = ", ".join(str(root / "annotations" / f"captions_{split}{y}.json") for y in YEARS)
-    raise FileNotFoundError(f"no caption file for split {split!r}: looked for {tried}. {COCO_HELP}")
+    raise FileNotFoundError(f"no caption file for split {split!r}: looked for {tried} (COCO), "
+                            f"{data_sources.layouts_help(root)}{missing}. {COCO_HELP}")
 
 
 def data_defaults(data_root):
