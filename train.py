@@ -77,6 +77,8 @@ class TrainConfig:
                                "before each word)")
     attention_size: int = opt(0, "attention decoder: hidden size of the additive attention; 0: hidden_size")
     attention_reg: float = opt(0.0, "attention decoder: weight λ of the doubly stochastic regularisation (Xu et al.)")
+    decoder_dropout: float = opt(0.0, "lstm decoder: dropout on the LSTM's inputs and on its outputs before the "
+                                      "vocabulary layer")
     # optimisation
     epochs: int = opt(10, "passes over every training caption")
     batch_size: int = opt(128, "captions per step (per process under torchrun)")
@@ -107,7 +109,7 @@ class TrainConfig:
                     feature_norm=self.feature_norm, embed_size=self.embed_size,
                     hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
                     image_every_step=self.image_every_step, decoder=self.decoder,
-                    attention_size=self.attention_size or self.hidden_size,
+                    attention_size=self.attention_size or self.hidden_size, decoder_dropout=self.decoder_dropout,
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
 
@@ -120,6 +122,8 @@ PRESETS = {
     "seed": {},
     "shapes-cpu": dict(image_size=128, backbone_blocks=14, local_hidden=128, feature_norm=True, embed_norm=True,
                        image_every_step=True, hidden_size=128, lr=2e-3, epochs=20, best_metric="object_f1"),
+    "flickr8k": dict(data_root="data/flickr8k", image_size=224, feature_norm=True, embed_norm=True,
+                     image_every_step=True, decoder_dropout=0.5, epochs=10, best_metric="CIDEr"),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data root

@@ -594,3 +594,22 @@ def test_feature_standardisation_is_fitted_saved_and_applied():
     plain = EncoderCNN(8, backbone="resnet18", pretrained=False)
     plain.fit_feature_stats(features)  # no standardisation layer: nothing to fit, nothing changes
     assert not any(isinstance(m, Standardize) for m in plain.modules())
+
+
+@pytest.mark.parametrize("image_every_step", [False, True])
+def test_decoder_dropout_only_while_training(image_every_step):
+    """decoder_dropout perturbs training scores, never evaluation or decoding; old model_args load without it."""
+    torch.manual_seed(0)
+    dec = DecoderRNN(16, 32, 20, decoder_dropout=0.5, image_every_step=image_every_step)
+    features, captions = torch.randn(4, 16), torch.randint(0, 20, (4, 7))
+    dec.train()
+    assert not torch.allclose(dec(features, captions), dec(features, captions))  # (B, T, V) differ per pass
+    dec.eval()
+    scores = dec(features, captions)
+    assert torch.equal(scores, dec(features, captions))
+    plain = DecoderRNN(16, 32, 20, image_every_step=image_every_step)
+    plain.load_state_dict(dec.state_dict())  # dropout has no weights: same parameters, same eval scores
+    assert torch.allclose(plain.eval()(features, captions), scores)
+    args = dict(embed_size=16, hidden_size=32, vocab_size=20, backbone="mobilenet_v2", pretrained=False)
+    assert model.build_model(args)[1].drop.p == 0.0
+    assert model.build_model({**args, "decoder_dropout": 0.3})[1].drop.p == 0.3
