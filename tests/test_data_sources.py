@@ -39,20 +39,18 @@ def captions_of(name, k):
             'a sign reads "stop" by the road', "a child jumps into water", "the end of the day"][:k]
 
 
-def write_images(folder, names, real=False):
+def write_images(folder, names, size=(6, 4)):
+    """Small real JPEGs (the conversion reads their headers for width and height)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for name in names:
-        if real:
-            Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8), "RGB").save(folder / name)
-        else:
-            (folder / name).write_bytes(b"\xff\xd8 not decoded by the conversion")
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8), "RGB").save(folder / name, "JPEG")
 
 
-def make_flickr(root, n_train=6, n_val=2, n_test=2, real=False, k=5):
+def make_flickr(root, n_train=6, n_val=2, n_test=2, k=5, size=(6, 4)):
     """Flickr8k's original layout: Flicker8k_Dataset/, Flickr8k_text/Flickr8k.token.txt and the split files."""
     names = image_names(n_train + n_val + n_test)
-    write_images(root / "Flicker8k_Dataset", names, real)
+    write_images(root / "Flicker8k_Dataset", names, size)
     text = root / "Flickr8k_text"
     text.mkdir(parents=True)
     lines = [f"{n}#{i}\t{c}" for n in names for i, c in enumerate(captions_of(n, k))]
@@ -116,6 +114,7 @@ def test_flickr8k_original_layout(tmp_path, converted_dir):
         assert image_dir == root / "Flicker8k_Dataset" and converted_dir in ann.parents
         data = load(ann)
         assert [im["file_name"] for im in data["images"]] == names  # the split file's order
+        assert {(im["width"], im["height"]) for im in data["images"]} == {(6, 4)}
         assert len(data["annotations"]) == 5 * len(names)  # every caption kept
         by_image = {im["id"]: im["file_name"] for im in data["images"]}
         for a in data["annotations"]:
@@ -242,19 +241,21 @@ def test_flickr8k_bad_lines_are_counted(tmp_path, capsys):
         f.write(b"gone.jpg#0\ta caption of a missing image\n")
         f.write(b"gone.jpg#1\tanother one\n")
     write_images(root / "Flicker8k_Dataset", ["uncaptioned.jpg"])
+    (root / "Flicker8k_Dataset" / splits["train"][5]).write_bytes(b"not an image")
     with open(root / "Flickr8k_text" / "Flickr_8k.trainImages.txt", "a") as f:
         f.write("unknown.jpg\nimg000_a1b2.jpg\n")  # an unknown image, a repeat
     manifest, data = converted(root)
     out = capsys.readouterr().out
-    assert sum(len(d["annotations"]) for d in data.values()) == 20  # the 20 good captions, all kept
-    assert [len(d["images"]) for d in data.values()] == [6, 2, 2]
+    assert sum(len(d["annotations"]) for d in data.values()) == 18  # the good captions of readable images
+    assert [len(d["images"]) for d in data.values()] == [5, 2, 2]
     expect = {"malformed lines": ["Flickr8k.token.txt:21", "Flickr8k.token.txt:22"],
               "repeated caption numbers": ["Flickr8k.token.txt:23"],
               "not UTF-8": ["Flickr8k.token.txt:24"],
               "captions whose image file is missing": ["2 ", "gone.jpg"],
               "images without captions": ["1 ", "uncaptioned.jpg"],
               "split-file names of unknown images": ["Flickr_8k.trainImages.txt:7 unknown.jpg"],
-              "repeated split-file names": ["Flickr_8k.trainImages.txt:8 img000_a1b2.jpg"]}
+              "repeated split-file names": ["Flickr_8k.trainImages.txt:8 img000_a1b2.jpg"],
+              "not readable images": [f"1 ", splits["train"][5], "UnidentifiedImageError"]}
     for reason, parts in expect.items():
         [line] = skip_lines(manifest, reason)
         assert all(p in line for p in parts), line
@@ -378,7 +379,7 @@ def test_two_roots_of_one_name_do_not_mix(tmp_path):
 
 def test_converted_split_trains_like_coco(tmp_path):
     """The vocabulary, the dataset and the loader read a Flickr8k root through find_split like a COCO root."""
-    root, splits = make_flickr(tmp_path / "f", real=True)
+    root, splits = make_flickr(tmp_path / "f", size=(24, 24))
     vocab = Vocabulary.build([dl.train_captions_file(root)], threshold=1)
     assert {"dog", "hat", "stop"} <= set(vocab.word2idx)
     assert len(read_captions(dl.train_captions_file(root))) == 30
