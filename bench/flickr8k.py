@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from evaluate import evaluate_checkpoint, scores_table  # noqa: E402
+from evaluate import evaluate_checkpoint  # noqa: E402
+from metrics import scores_table  # noqa: E402
 from train import make_config, train  # noqa: E402
 
 # The seed's model as the issue measured it: TrainConfig's defaults at 224 px for 10 epochs.
