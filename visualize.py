@@ -394,6 +394,27 @@ def demo_captions(checkpoint=None, runs_dir="runs", data_root=None, splits=DEMO_
                                                      for s in shown))
 
 
+def own_images(checkpoint=None, runs_dir="runs", images_dir="images", beam=3, ncols=3):
+    """The repository's sample photos (images_dir) captioned by a checkpoint (default: the newest run's
+    best.pt), greedy and with beam search: the README's figure for the Flickr8k model.
+
+        save_figure(own_images("runs/flickr8k/best.pt"), "images/figures/flickr8k_own_images.png", dpi=80)
+    """
+    from caption import caption_images, image_files
+    from model import checkpoint_max_len, latest_checkpoint, load_checkpoint
+
+    checkpoint = Path(checkpoint or latest_checkpoint(runs_dir))
+    encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint)
+    paths, size, max_len = image_files([images_dir]), ckpt["model_args"]["image_size"], checkpoint_max_len(ckpt)
+    greedy, failed = caption_images(encoder, decoder, vocab, paths, size, beam=1, max_len=max_len, progress=False)
+    beamed, _ = caption_images(encoder, decoder, vocab, paths, size, beam=beam, max_len=max_len, progress=False)
+    shown = [p for p in paths if p in greedy]
+    if not shown:
+        raise FileNotFoundError(f"no image in {images_dir} could be captioned: {failed}")
+    return caption_grid(shown, [f"greedy: {greedy[p]}\nbeam {beam}: {beamed[p]}" for p in shown], ncols=ncols,
+                        cell_inches=2.8, title=f"{images_dir}/ captioned by {checkpoint.parent.name}/{checkpoint.name}")
+
+
 def demo_summary(outputs_dir="outputs", runs_dir="runs"):
     """What `make demo` produced and its final scores, as text: outputs/inference_scores.json when
     3_Inference wrote it, else the last metrics.jsonl row of the newest run."""

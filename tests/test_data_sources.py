@@ -416,3 +416,48 @@ def test_shared_flickr8k(flickr8k, tmp_path):
     with pytest.raises(FileNotFoundError, match="testImages.txt is absent"):
         ds.converted_split(source, "test", tmp_path)
     assert not os.access(flickr8k, os.W_OK) or not list(flickr8k.rglob("captions_*.json"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The issue's two commands, end to end, on a Flickr8k folder that holds a test split
+# ---------------------------------------------------------------------------------------------------
+def test_flickr8k_preset_trains_and_evaluate_scores_the_test_split(tmp_path, capsys):
+    """train.py --preset flickr8k, then evaluate.py --split test --beam 3 --out EVAL, as the issue runs them
+    (sizes shrunk so that it takes seconds): EVAL/scores_test_beam3.json holds every metric, METEOR with Java."""
+    import shutil
+
+    import evaluate
+    import train
+
+    root, splits = make_flickr(tmp_path / "flickr8k", n_train=8, n_val=2, n_test=3, size=(40, 30))
+    run = tmp_path / "out"
+    code = train.main(["--preset", "flickr8k", "--data-root", str(root), "--out-dir", str(run), "--run-name", "tiny",
+                       "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--image-size", "64",
+                       "--hidden-size", "32", "--embed-size", "16", "--vocab-threshold", "1", "--num-workers", "0"])
+    assert code in (0, None) and (run / "tiny" / "best.pt").is_file()
+    rows = [json.loads(line) for line in (run / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and all("CIDEr" in r and "Bleu_4" in r for r in rows)  # the dev split scored each epoch
+    out = tmp_path / "EVAL"
+    assert evaluate.main(["--checkpoint", str(run / "tiny" / "best.pt"), "--data-root", str(root), "--split", "test",
+                          "--beam", "3", "--out", str(out)]) == 0
+    record = json.loads((out / "scores_test_beam3.json").read_text())
+    assert record["n_images"] == 3 and record["split"] == "test"
+    expected = {"Bleu_1", "Bleu_4", "ROUGE_L", "CIDEr"} | ({"METEOR"} if shutil.which("java") else set())
+    assert expected <= set(record["scores"])
+    captions = json.loads((out / "captions_test_beam3.json").read_text())
+    test_ids = {im["id"] for im in load(dl.find_split(root, "test")[1])["images"]}
+    assert {c["image_id"] for c in captions} == test_ids
+
+
+def test_dataset_notebook_on_shared_flickr8k(flickr8k, tmp_path, monkeypatch):
+    """0_Dataset with DATA_ROOT set to the Flickr8k folder: its splits, real photos with their five captions."""
+    from test_notebooks import n_images, run_notebook, text
+
+    monkeypatch.setenv(ds.CONVERTED_ENV, str(tmp_path / "converted"))  # the kernel inherits it
+    nb = run_notebook("0_Dataset", tmp_path, DATA_ROOT=str(flickr8k), N_SAMPLES=4)
+    shown = text(nb)
+    assert "splits ['train', 'val']" in shown
+    assert "| train | 6,000 | 30,000 | 5 |" in shown and "| val | 1,000 | 5,000 | 5 |" in shown
+    assert "| 224 x 224 | Flicker8k_Dataset |" in shown
+    assert n_images(nb) >= 2  # the walk-through image and the sample grid (then the charts)
+    assert "is not a shapes dataset" in shown
