@@ -54,15 +54,14 @@ data: venv
 NOTEBOOKS := 0_Dataset 1_Preliminaries 2_Training 3_Inference
 DEMO_OUT := outputs/notebooks
 
-# `make demo DATA_ROOT=path/to/flickr8k` runs the same notebooks on real photographs: any layout data_sources.py
-# reads, the flickr8k preset, scores on DEMO_SPLIT (val: Flickr8k's development split). Its figures go to
-# outputs/ only: a dataset's photos never go into images/.
+# `make demo DATA_ROOT=path/to/flickr8k` runs the same notebooks on real photographs (any layout data_sources.py
+# reads): the data root picks the flickr8k preset, and the test split when it has one, else val (the development
+# split). Its figures go to outputs/ only: a dataset's photos never go into images/.
 DATA_ROOT ?=
-DEMO_SPLIT ?= val
 ifneq ($(strip $(DATA_ROOT)),)
-DEMO_PARAMS := -p DATA_ROOT "$(DATA_ROOT)" -p PRESET flickr8k -p SPLIT "$(DEMO_SPLIT)"
+DEMO_PARAMS := -p DATA_ROOT "$(DATA_ROOT)"
 DEMO_DATA :=
-DEMO_FIGURES := print('== figures:', v.save_figure(v.demo_captions(splits=('$(DEMO_SPLIT)',)), 'outputs/demo_captions.png', dpi=80), \
+DEMO_FIGURES := print('== figures:', v.save_figure(v.demo_captions(splits=('val',)), 'outputs/demo_captions.png', dpi=80), \
 	v.save_figure(v.own_images(), 'outputs/own_images.png', dpi=80))
 else
 DEMO_PARAMS :=

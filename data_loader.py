@@ -219,16 +219,22 @@ def find_split(data_root, split, converted_dir=None):
 def data_defaults(data_root):
     """The settings a data root decides by itself, for knobs left to it (a preset of None or "auto", a split of
     None), as a dict:
-        kind        'shapes' (the built-in data: shapes_meta.json, or a data/shapes not generated yet) or 'coco'
+        kind        'shapes' (the built-in data: shapes_meta.json, or a data/shapes not generated yet), 'coco', or
+                    a data_sources layout: 'flickr8k', 'kaggle', 'karpathy'
         preset      the train.PRESETS entry made for that data: 'shapes-cpu' (the demo recipe, best.pt by
-                    object F1, which only shapes has) or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr)
-        eval_split  the split to score: 'test' when the root has test captions (shapes), else 'val' (COCO's
-                    test split has no public captions)
-    One place to teach the defaults a new kind of data (Flickr8k, the Karpathy splits): add it here, and its
-    preset to train.PRESETS.
+                    object F1, which only shapes has), 'flickr8k' (the real-photograph recipe) for the
+                    data_sources layouts, or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr)
+        eval_split  the split to score: 'test' when the root has test captions (shapes; Flickr8k with its test
+                    split file), else 'val' (COCO's test split has no public captions)
+    One place to teach the defaults a new kind of data: add it here, and its preset to train.PRESETS.
     """
     root = Path(data_root)
     shapes = (root / "shapes_meta.json").exists() or (root.name == "shapes" and not (root / "annotations").is_dir())
+    coco = any((root / "annotations" / f"captions_train{y}.json").is_file() for y in YEARS)
+    source = None if shapes or coco else data_sources.detect(root)
+    if source is not None:
+        has_test = "test" in data_sources.convert(source)["splits"]
+        return {"kind": source.kind, "preset": "flickr8k", "eval_split": "test" if has_test else "val"}
     has_test = shapes or any((root / "annotations" / f"captions_test{y}.json").is_file() for y in YEARS)
     return {"kind": "shapes" if shapes else "coco", "preset": "shapes-cpu" if shapes else "coco",
             "eval_split": "test" if has_test else "val"}

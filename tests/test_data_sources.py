@@ -461,3 +461,16 @@ def test_dataset_notebook_on_shared_flickr8k(flickr8k, tmp_path, monkeypatch):
     assert "| 224 x 224 | Flicker8k_Dataset |" in shown
     assert n_images(nb) >= 2  # the walk-through image and the sample grid (then the charts)
     assert "is not a shapes dataset" in shown
+
+
+def test_data_defaults_pick_the_flickr8k_preset_and_the_split_to_score(tmp_path):
+    from train import AUTO_PRESET, PRESETS, make_config
+
+    with_test, _ = make_flickr(tmp_path / "full")
+    without, _ = make_flickr(tmp_path / "dev", n_test=0)
+    kaggle, _ = make_kaggle(tmp_path / "kaggle")
+    assert dl.data_defaults(with_test) == {"kind": "flickr8k", "preset": "flickr8k", "eval_split": "test"}
+    assert dl.data_defaults(without) == {"kind": "flickr8k", "preset": "flickr8k", "eval_split": "val"}
+    assert dl.data_defaults(kaggle) == {"kind": "kaggle", "preset": "flickr8k", "eval_split": "test"}
+    cfg = make_config(AUTO_PRESET, data_root=str(without))
+    assert cfg.decoder_dropout == PRESETS["flickr8k"]["decoder_dropout"] and cfg.best_metric == "CIDEr"
