@@ -394,7 +394,7 @@ def demo_captions(checkpoint=None, runs_dir="runs", data_root=None, splits=DEMO_
                                                      for s in shown))
 
 
-def own_images(checkpoint=None, runs_dir="runs", images_dir="images", beam=3, ncols=3):
+def own_images(checkpoint=None, runs_dir="runs", images_dir="images", beam=3, ncols=3, title=None):
     """The repository's sample photos (images_dir) captioned by a checkpoint (default: the newest run's
     best.pt), greedy and with beam search: the README's figure for the Flickr8k model.
 
@@ -412,7 +412,7 @@ def own_images(checkpoint=None, runs_dir="runs", images_dir="images", beam=3, nc
     if not shown:
         raise FileNotFoundError(f"no image in {images_dir} could be captioned: {failed}")
     return caption_grid(shown, [f"greedy: {greedy[p]}\nbeam {beam}: {beamed[p]}" for p in shown], ncols=ncols,
-                        cell_inches=2.8, title=f"{images_dir}/ captioned by {checkpoint.parent.name}/{checkpoint.name}")
+                        cell_inches=2.8, title=title or f"{images_dir}/ captioned by {checkpoint.parent.name}/{checkpoint.name}")
 
 
 def demo_summary(outputs_dir="outputs", runs_dir="runs"):
