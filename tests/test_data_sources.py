@@ -359,12 +359,15 @@ def test_half_written_conversion_is_redone(tmp_path):
 
 
 def test_read_only_root(tmp_path):
+    """A read-only data root converts (as root, chmod does not stop writes: the file list checks it too)."""
     root, _ = make_flickr(tmp_path / "ro")
+    before = all_files(root)
     modes = {p: p.stat().st_mode for p in [root, *root.rglob("*")]}
     for p in modes:
         p.chmod(0o555 if p.is_dir() else 0o444)
     try:
         assert len(load(dl.find_split(root, "train")[1])["annotations"]) == 30
+        assert all_files(root) == before
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
