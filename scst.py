@@ -354,7 +354,7 @@ def scst_epoch(encoder, decoder, optimizer, features, images, cider, cfg, epoch,
     per_step = max(1, cfg.batch_size // samples)  # as many captions per step as a cross-entropy step
     batches = epoch_images(images, per_step, epoch, cfg.seed, rank, world_size)
     totals = {"loss": 0.0, "reward": 0.0, "baseline": 0.0, "reward_s": 0.0, "step_s": 0.0}
-    n_images = 0
+    n_images = steps = 0
     for batch in (progress(batches) if progress else batches):
         index = torch.as_tensor(batch, device=device)
         stats = scst_step(encoder, decoder, optimizer, features[index].float(), torch.as_tensor(batch), cider,
@@ -365,7 +365,52 @@ def scst_epoch(encoder, decoder, optimizer, features, images, cider, cfg, epoch,
         totals["reward_s"] += stats["reward_s"]
         totals["step_s"] += stats["step_s"]
         n_images += len(batch)
-    out = {key: totals[key] / max(n_images, 1) for key in ("loss", "reward", "baseline")}
+        steps += 1
+    out = {"steps": steps, **{key: totals[key] / max(n_images, 1) for key in ("loss", "reward", "baseline")}}
     out["images_per_s"] = n_images / max(totals["step_s"], 1e-9)
     out["reward_share"] = totals["reward_s"] / max(totals["step_s"], 1e-9)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The self-critical phase of a training run (train.py calls these)
+# ---------------------------------------------------------------------------------------------------------
+def training_references(dataset, usable):
+    """references[i]: the raw usable captions of the dataset's image i (its feature-cache row), [] for images
+    with none. usable: the caption indices training uses."""
+    refs = [[] for _ in dataset.image_ids]
+    for c in np.asarray(usable):
+        refs[int(dataset.caption_image[c])].append(dataset.coco.anns[dataset.ann_ids[c]]["caption"])
+    return refs
+
+
+def shared_reward(dataset, usable, vocab, rank=0, world_size=1):
+    """The CiderD reward of the training references: rank 0 builds it (document frequencies included) and
+    sends it to the other processes, so that every one rewards captions with the same numbers."""
+    state = [CiderD(training_references(dataset, usable), vocab).to_dict() if rank == 0 else None]
+    if world_size > 1:
+        dist.broadcast_object_list(state, src=0)
+    return CiderD.from_dict(state[0])
+
+
+def train_scst_epoch(model, optimizer, split, reward, cfg, epoch, device, rank=0, world_size=1,
+                     autocast=nullcontext, progress=None):
+    """One self-critical epoch of a training run from the feature cache. model: the Captioner (not the DDP
+    wrapper: gradients are averaged here). Returns (mean loss, captions per second, metrics for the log)."""
+    if split.features is None:
+        raise ValueError("self-critical epochs train from the feature cache: they need a frozen backbone "
+                         "(train_backbone=False)")
+    if cfg.scst_samples < 1:
+        raise ValueError(f"scst_samples must be at least 1, got {cfg.scst_samples}")
+    images = np.unique(split.dataset.caption_image[split.usable])
+    stats = scst_epoch(model.encoder, model.decoder, optimizer, split.features, images, reward, cfg, epoch,
+                       device, rank, world_size, autocast, progress)
+    if world_size > 1:  # every process's own images: the log shows the mean over all of them
+        values = torch.tensor([stats["reward"], stats["baseline"], stats["loss"]], dtype=torch.float64,
+                              device=device)
+        dist.all_reduce(values)
+        stats["reward"], stats["baseline"], stats["loss"] = (values / world_size).tolist()
+        stats["images_per_s"] *= world_size
+    logged = {"reward": stats["reward"], "baseline": stats["baseline"], "images_per_s": stats["images_per_s"],
+              "reward_share": stats["reward_share"], "steps": stats["steps"]}
+    return stats["loss"], stats["images_per_s"] * cfg.scst_samples, logged

@@ -41,6 +41,7 @@ from features import atomic_save, cached_features, compute_features
 from metrics import caption_metrics
 from model import (CHECKPOINT_FORMAT, AttentionDecoder, attention_penalty, autocast, build_model, get_device,
                    greedy_search, load_state, read_checkpoint, set_seed)
+import scst
 from vocabulary import Vocabulary, load_or_build_vocab
 
 
@@ -100,6 +101,14 @@ class TrainConfig:
     log_every: int = opt(50, "print a log line every this many steps")
     compile: bool = opt(False, "torch.compile the decoder (falls back to eager if compiling fails)")
     resume: str = opt("", "a run folder to continue from its last.pt")
+    init_from: str = opt("", "a checkpoint (e.g. runs/NAME/best.pt) whose weights, vocabulary and model sizes start "
+                             "a new run: a new optimiser, epoch 0")
+    # self-critical training (scst.py): after the cross-entropy epochs, reward sampled captions with CIDEr-D
+    scst_epochs: int = opt(0, "self-critical epochs after the cross-entropy ones (0: none)")
+    scst_samples: int = opt(5, "captions sampled per image; a step takes batch_size // scst_samples images")
+    scst_baseline: str = opt("mean", "reward baseline: 'mean' of the image's other samples (Luo 2020) or 'greedy'")
+    scst_lr: float = opt(5e-5, "Adam learning rate of the self-critical epochs (a new optimiser)")
+    scst_max_len: int = opt(0, "longest sampled caption in words during self-critical epochs; 0: max_len")
 
     def model_args(self, vocab):
         """The sizes that rebuild the model; stored in every checkpoint."""
@@ -134,7 +143,7 @@ AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data 
 # image_size, ...), so a different value is refused. out_dir and run_name are the run's own folder: kept.
 RESUMABLE = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "max_len", "val_images",
              "best_metric", "device", "num_workers", "cache_dir", "save_every", "log_every", "compile", "strict",
-             "attention_reg")
+             "attention_reg", "scst_epochs", "scst_samples", "scst_baseline", "scst_lr", "scst_max_len")
 RUN_FOLDER = ("out_dir", "run_name")
 
 # The scores each epoch logs, and which way each improves: --best-metric must be one of them.
@@ -440,6 +449,18 @@ def restore_rng(rng):
         torch.cuda.set_rng_state_all(rng["cuda"])
 
 
+def init_config(cfg):
+    """(cfg, checkpoint) for --init-from: the model's sizes come from the checkpoint (its model_args, so every
+    decoder's own keys too), the rest of cfg as given."""
+    init = read_checkpoint(cfg.init_from)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    sizes = {k: v for k, v in init["model_args"].items() if k in fields}
+    changed = {k: v for k, v in sizes.items() if getattr(cfg, k) != v}
+    if changed:
+        print(f"--init-from {cfg.init_from}: model settings from the checkpoint: {changed}")
+    return dataclasses.replace(cfg, **sizes), init
+
+
 def resume_config(run_dir, overrides=None):
     """(config, checkpoint) to continue RUN_DIR: the saved config with `overrides` on top, and the newest complete
     training state, last.pt or best.pt (resume_checkpoint).
@@ -578,9 +599,11 @@ def train(cfg):
     the run, `make_config(resume=RUN, epochs=30)`, as `train.py --resume RUN --epochs 30` does; a bare
     `TrainConfig(resume=RUN)` holds TrainConfig's defaults, which a refusal names if they differ from the run's.
     """
-    ckpt = None
+    ckpt = init = None
     if cfg.resume:
         cfg, ckpt = resume_config(cfg.resume, asdict(cfg))
+    elif cfg.init_from:
+        cfg, init = init_config(cfg)
     check_best_metric(cfg)  # before any folder, data, cache or process group
     rank, world_size, device = setup_distributed(cfg)
     set_seed(cfg.seed)
@@ -590,15 +613,18 @@ def train(cfg):
     barrier(world_size)
     # Rank 0 builds the vocabulary and the feature caches; the others wait, then read them.
     if rank == 0:
-        vocab, encoder, decoder, train_split, val_split = prepare(cfg, ckpt, device)
+        vocab, encoder, decoder, train_split, val_split = prepare(cfg, ckpt or init, device)
     barrier(world_size)
     if rank != 0:
-        vocab, encoder, decoder, train_split, val_split = prepare(cfg, ckpt, device)
+        vocab, encoder, decoder, train_split, val_split = prepare(cfg, ckpt or init, device)
     model = Captioner(encoder, decoder).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"step": 0, "best": None}
     start_epoch = 0
+    if init is not None:  # its weights only: the optimiser, epoch and best score start afresh
+        load_state(model.encoder, init["encoder"], "encoder")
+        load_state(model.decoder, init["decoder"], "decoder")
     if ckpt is not None:
         load_state(model.encoder, ckpt["encoder"], "encoder")
         load_state(model.decoder, ckpt["decoder"], "decoder")
@@ -625,20 +651,35 @@ def train(cfg):
         n_params = sum(p.numel() for p in params)
         print(f"training {n_params:,} parameters on {len(train_split.usable):,} captions, device {device}, "
               f"{world_size} process(es); run folder {run_dir}")
-    for epoch in range(start_epoch, cfg.epochs):
+    reward = None  # the self-critical reward, built when its phase starts
+    total_epochs = cfg.epochs + cfg.scst_epochs
+    for epoch in range(start_epoch, total_epochs):
         t0 = time.time()
-        train_loss, speed = train_one_epoch(train_model, optimizer, train_split, sampler, cfg, epoch, state,
-                                            device, rank, loader)
+        if epoch < cfg.epochs:
+            train_loss, speed = train_one_epoch(train_model, optimizer, train_split, sampler, cfg, epoch, state,
+                                                device, rank, loader)
+            logged = {"phase": "xe", "train_ppl": math.exp(min(train_loss, 50))}
+        else:
+            if reward is None:
+                reward = scst.shared_reward(train_split.dataset, train_split.usable, vocab, rank, world_size)
+            if epoch == cfg.epochs:  # a new optimiser; a run resumed later in this phase has loaded its own
+                optimizer = torch.optim.Adam(params, lr=cfg.scst_lr, weight_decay=cfg.weight_decay)
+            bar = lambda batches: tqdm(batches, desc=f"self-critical epoch {epoch + 1}/{total_epochs}",
+                                       unit="batch", leave=False, disable=rank != 0)
+            train_loss, speed, logged = scst.train_scst_epoch(model, optimizer, train_split, reward, cfg, epoch,
+                                                              device, rank, world_size, lambda: autocast(device),
+                                                              bar)
+            state["step"] += logged.pop("steps")
+            logged = {"phase": "scst", **logged}
         if rank == 0:
             metrics, _ = validate(model, val_split, cfg, device)
-            metrics = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss,
-                       "train_ppl": math.exp(min(train_loss, 50)), **metrics,
+            metrics = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss, **logged, **metrics,
                        "captions_per_s": speed, "epoch_time_s": time.time() - t0}
             log_epoch(run_dir, metrics)
             improved = improves(cfg.best_metric, metrics[cfg.best_metric], state["best"])
             if improved:
                 state["best"] = metrics[cfg.best_metric]
-            last = epoch + 1 == cfg.epochs
+            last = epoch + 1 == total_epochs
             if improved or last or (epoch + 1) % cfg.save_every == 0:
                 ckpt_dict = make_checkpoint(model, optimizer, cfg, vocab, epoch + 1, state, metrics)
                 # last.pt first: a crash between the two writes then leaves last.pt the newest state, and the
@@ -694,9 +735,11 @@ def save_run_files(run_dir, cfg, vocab):
 def log_epoch(run_dir, metrics):
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
-    shown = ["train_loss", "val_loss", "val_ppl", "Bleu_4", "CIDEr", "object_f1"]
+    speed = f"{metrics['images_per_s']:,.0f} images/s" if metrics.get("phase") == "scst" else \
+        f"{metrics['captions_per_s']:,.0f} captions/s"
+    shown = ["train_loss", "reward", "baseline", "val_loss", "val_ppl", "Bleu_4", "CIDEr", "object_f1"]
     tqdm.write(f"epoch {metrics['epoch']}: " + "  ".join(f"{k} {metrics[k]:.3f}" for k in shown if k in metrics)
-               + f"  ({metrics['epoch_time_s']:.1f} s, {metrics['captions_per_s']:,.0f} captions/s)")
+               + f"  ({metrics['epoch_time_s']:.1f} s, {speed})")
 
 
 def trim_metrics(run_dir, epochs):

@@ -199,3 +199,91 @@ def test_bad_baseline_settings_are_named():
         scst_step(encoder, decoder, optimizer, torch.randn(2, 8), torch.arange(2), None, baseline="max")
     with pytest.raises(ValueError, match="scst_samples >= 2"):
         scst_step(encoder, decoder, optimizer, torch.randn(2, 8), torch.arange(2), None, samples=1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# In a training run: train.py's --scst-epochs and --init-from
+# ---------------------------------------------------------------------------------------------------------
+def scst_config(tiny_shapes, out_dir, **overrides):
+    from conftest import tiny_train_config
+
+    settings = dict(epochs=1, scst_epochs=2, save_every=1, scst_samples=3, scst_lr=1e-3, batch_size=48)
+    return tiny_train_config(tiny_shapes, out_dir, **{**settings, **overrides})
+
+
+def test_scst_epochs_follow_the_cross_entropy_ones_and_log_their_phase(tiny_shapes, tmp_path):
+    from train import read_metrics, train
+
+    run_dir = train(scst_config(tiny_shapes, tmp_path))
+    rows = read_metrics(run_dir)
+    assert [r["phase"] for r in rows] == ["xe", "scst", "scst"] and [r["epoch"] for r in rows] == [1, 2, 3]
+    for r in rows[1:]:
+        assert 0 < r["reward"] < 10 and 0 < r["baseline"] < 10 and 0 < r["reward_share"] < 1
+        assert r["images_per_s"] > 0 and "CIDEr" in r and "train_ppl" not in r
+    # 64 training images, 48 // 3 = 16 images per step: 4 self-critical steps per epoch
+    assert rows[2]["step"] - rows[1]["step"] == 4 and rows[1]["step"] - rows[0]["step"] == 4
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == 1e-3  # the self-critical phase's own optimiser
+
+
+def test_resume_in_the_middle_of_scst_ends_with_the_same_weights(tiny_shapes, tmp_path):
+    import dataclasses
+
+    from train import TrainConfig, read_metrics, train
+
+    full_dir = train(scst_config(tiny_shapes, tmp_path / "a"))
+    half_dir = train(scst_config(tiny_shapes, tmp_path / "b", scst_epochs=1))
+    resumed_dir = train(dataclasses.replace(TrainConfig(), resume=str(half_dir), epochs=1, scst_epochs=2))
+    full = torch.load(full_dir / "last.pt", weights_only=True)
+    resumed = torch.load(resumed_dir / "last.pt", weights_only=True)
+    assert resumed["epoch"] == full["epoch"] == 3 and resumed["step"] == full["step"]
+    for part in ("encoder", "decoder"):
+        for name, tensor in full[part].items():
+            assert torch.equal(tensor, resumed[part][name]), f"{part}.{name} differs after resume"
+    assert [r["reward"] for r in read_metrics(resumed_dir)[1:]] == [r["reward"] for r in read_metrics(full_dir)[1:]]
+
+
+def test_init_from_loads_the_weights_but_not_the_optimiser_or_epoch(tiny_shapes, tmp_path):
+    from train import read_metrics, train
+
+    source = train(scst_config(tiny_shapes, tmp_path / "a", epochs=2, scst_epochs=0))
+    before = torch.load(source / "last.pt", weights_only=True)
+    # lr 0: the weights stay those of the checkpoint; hidden_size is the checkpoint's whatever the flag says
+    run_dir = train(scst_config(tiny_shapes, tmp_path / "b", init_from=str(source / "last.pt"), epochs=1,
+                                scst_epochs=0, lr=0.0, hidden_size=32))
+    after = torch.load(run_dir / "last.pt", weights_only=True)
+    assert after["config"]["hidden_size"] == before["config"]["hidden_size"] == 128
+    for part in ("encoder", "decoder"):
+        for name, tensor in before[part].items():
+            assert torch.equal(tensor, after[part][name]), f"{part}.{name} was not loaded"
+    steps = read_metrics(run_dir)[0]["step"]
+    assert after["epoch"] == 1 and len(read_metrics(run_dir)) == 1 and after["step"] == steps == before["step"] // 2
+    adam_steps = {int(s["step"]) for s in after["optimizer"]["state"].values()}
+    assert adam_steps == {steps}  # a new optimiser: it counts this run's steps only
+    assert after["vocab"] == before["vocab"]
+    # and it starts where the checkpoint ended, not from scratch: same validation scores as the checkpoint's
+    assert read_metrics(run_dir)[0]["CIDEr"] == pytest.approx(before["metrics"]["CIDEr"], abs=1e-12)
+
+
+def test_torchrun_two_cpu_processes_share_the_reward_and_the_steps(tiny_shapes, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+    from model import load_checkpoint
+    from train import read_metrics
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+           str(REPO_ROOT / "train.py"), "--data-root", str(tiny_shapes), "--image-size", "64", "--epochs", "1",
+           "--scst-epochs", "1", "--scst-samples", "2", "--batch-size", "16", "--hidden-size", "32",
+           "--embed-size", "16", "--vocab-threshold", "1", "--num-workers", "0", "--out-dir", str(tmp_path),
+           "--run-name", "ddp", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _, _, _, ckpt = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    rows = read_metrics(tmp_path / "ddp")
+    assert [r["phase"] for r in rows] == ["xe", "scst"] and ckpt["epoch"] == 2
+    # 64 images, 32 per process, 16 // 2 = 8 images per step: 4 steps on each process, taken together
+    assert rows[1]["step"] - rows[0]["step"] == 4 and rows[1]["reward"] > 0
