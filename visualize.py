@@ -43,14 +43,34 @@ def training_curves(rows):
     """Loss and perplexity per epoch (train and validation) beside the validation scores, from metrics.jsonl rows."""
     epochs = [r["epoch"] for r in rows]
     fig, (loss_ax, ppl_ax, score_ax) = plt.subplots(1, 3, figsize=(13, 3.4))
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        loss_ax.plot(epochs, [r[key] for r in rows], marker="o", label=label)
-    for key, label in (("train_ppl", "train"), ("val_ppl", "validation")):
-        ppl_ax.plot(epochs, [r[key] for r in rows], marker="o", label=label)
+    # self-critical epochs (phase "scst") have a reward instead of a training cross-entropy: see scst_curves
+    xe = [r for r in rows if r.get("phase", "xe") == "xe"]
+    for ax, key, label, part in ((loss_ax, "train_loss", "train", xe), (loss_ax, "val_loss", "validation", rows),
+                                 (ppl_ax, "train_ppl", "train", xe), (ppl_ax, "val_ppl", "validation", rows)):
+        ax.plot([r["epoch"] for r in part], [r[key] for r in part], marker="o", label=label)
     for key in ("Bleu_4", "CIDEr", "object_f1"):
         if all(key in r for r in rows):
             score_ax.plot(epochs, [r[key] for r in rows], marker="o", label=key)
     for ax, name in ((loss_ax, "cross-entropy loss"), (ppl_ax, "perplexity"), (score_ax, "validation scores")):
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def scst_curves(rows):
+    """Self-critical training from metrics.jsonl rows: the mean reward of the sampled captions and its baseline
+    per self-critical epoch, beside the validation CIDEr of every epoch, cross-entropy ones included."""
+    scst = [r for r in rows if r.get("phase") == "scst"]
+    fig, (reward_ax, cider_ax) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for key, label in (("reward", "sampled captions' CIDEr-D (reward)"), ("baseline", "baseline")):
+        reward_ax.plot([r["epoch"] for r in scst], [r[key] for r in scst], marker="o", label=label)
+    for phase, label in (("xe", "cross-entropy"), ("scst", "self-critical")):
+        part = [r for r in rows if r.get("phase", "xe") == phase and "CIDEr" in r]
+        cider_ax.plot([r["epoch"] for r in part], [r["CIDEr"] for r in part], marker="o", label=label)
+    for ax, name in ((reward_ax, "training reward"), (cider_ax, "validation CIDEr (greedy)")):
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)

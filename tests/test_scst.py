@@ -287,3 +287,23 @@ def test_torchrun_two_cpu_processes_share_the_reward_and_the_steps(tiny_shapes, 
     assert [r["phase"] for r in rows] == ["xe", "scst"] and ckpt["epoch"] == 2
     # 64 images, 32 per process, 16 // 2 = 8 images per step: 4 steps on each process, taken together
     assert rows[1]["step"] - rows[0]["step"] == 4 and rows[1]["reward"] > 0
+
+
+def test_the_training_figures_take_self_critical_rows():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from visualize import scst_curves, training_curves
+
+    xe = [{"epoch": e, "phase": "xe", "train_loss": 2.0 / e, "train_ppl": 7.0 / e, "val_loss": 1.5, "val_ppl": 4.5,
+           "CIDEr": 0.5 * e} for e in (1, 2)]
+    sc = [{"epoch": e, "phase": "scst", "train_loss": -0.01, "reward": 1.0 + e, "baseline": 0.9 + e,
+           "val_loss": 1.6, "val_ppl": 4.9, "CIDEr": 2.0 + e} for e in (3, 4)]
+    curves = training_curves(xe + sc)
+    train_line = curves.axes[0].lines[0]
+    assert list(train_line.get_xdata()) == [1, 2]  # the self-critical loss is not a cross-entropy
+    assert list(curves.axes[0].lines[1].get_xdata()) == [1, 2, 3, 4]  # validation loss of every epoch
+    fig = scst_curves(xe + sc)
+    reward, cider = fig.axes
+    assert list(reward.lines[0].get_ydata()) == [4.0, 5.0] and list(reward.lines[1].get_ydata()) == [3.9, 4.9]
+    assert [list(line.get_xdata()) for line in cider.lines] == [[1, 2], [3, 4]]
