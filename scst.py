@@ -289,21 +289,15 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
     with autocast():
         tokens = sample_captions(decoder, features.detach(), samples, max_len)  # (B*k, T)
     t_reward = time.perf_counter()
-    image_of = images.repeat_interleave(samples)  # (B*k,)
-    rewards = cider.rewards(tokens, image_of, end)  # (B*k,) float64
+    rewards = cider.rewards(tokens, images.repeat_interleave(samples), end)  # (B*k,) float64
+    reward_s = time.perf_counter() - t_reward
     if baseline == "mean":
         base = mean_of_others(rewards, samples)
     else:
-        was_training = decoder.training
-        decoder.eval()
-        with autocast():
-            greedy, _ = greedy_search(decoder, features.detach(), max_len)
-        decoder.train(was_training)
-        greedy_tokens = torch.full((len(greedy), max_len), end, dtype=torch.long, device=tokens.device)
-        for i, ids in enumerate(greedy):
-            greedy_tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        greedy_tokens = greedy_captions(decoder, features.detach(), max_len, autocast)  # (B, max_len)
+        t_reward = time.perf_counter()
         base = cider.rewards(greedy_tokens, images, end).repeat_interleave(samples)
-    reward_s = time.perf_counter() - t_reward
+        reward_s += time.perf_counter() - t_reward
     with autocast():
         logp, mask = caption_log_probs(decoder, features.repeat_interleave(samples, 0), tokens, start, end)
     loss = scst_loss(logp, mask, rewards - base)
@@ -317,6 +311,19 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
     optimizer.step()
     return {"loss": loss.item(), "reward": rewards.mean().item(), "baseline": base.mean().item(),
             "reward_s": reward_s, "step_s": time.perf_counter() - t0}
+
+
+def greedy_captions(decoder, features, max_len, autocast=nullcontext):
+    """The greedy baseline's captions (B, max_len), <end>-padded, decoded as at test time (eval mode)."""
+    was_training = decoder.training
+    decoder.eval()
+    with autocast():
+        greedy, _ = greedy_search(decoder, features, max_len)
+    decoder.train(was_training)
+    tokens = torch.full((len(greedy), max_len), decoder.end_id, dtype=torch.long, device=features.device)
+    for i, ids in enumerate(greedy):
+        tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return tokens
 
 
 def average_gradients(params, world_size):
