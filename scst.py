@@ -355,8 +355,11 @@ def scst_epoch(encoder, decoder, optimizer, features, images, cider, cfg, epoch,
                autocast=nullcontext, progress=None):
     """One self-critical pass over the training images (this process's share). features: the whole feature
     cache (N, ...) on `device`; images: usable image rows. Returns the epoch's means and speeds (dict)."""
-    encoder.train()
-    decoder.train()
+    # Dropout off (eval mode) while sampling and while recomputing the log-probabilities: the captions are then
+    # drawn from exactly the distribution whose gradient is taken, the one decoding uses at test time. (In train
+    # mode the teacher-forced pass would draw other dropout masks than the sampling pass did.)
+    encoder.eval()
+    decoder.eval()
     samples = cfg.scst_samples
     per_step = max(1, cfg.batch_size // samples)  # as many captions per step as a cross-entropy step
     batches = epoch_images(images, per_step, epoch, cfg.seed, rank, world_size)
