@@ -29,12 +29,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-try:  # the scorers move from evaluate.py to metrics.py (issue 12); until then they live in the entry point
-    from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
-except ImportError:  # pragma: no cover - removed once the layout lands
-    from evaluate import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
-
-from model import greedy_search
+from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
+from model import autocast as device_autocast, greedy_search
 
 BASELINES = ("mean", "greedy")
 PAD = 0  # reward-token id of "no token": padding, and what <start>/<end> map to
@@ -403,8 +399,7 @@ def shared_reward(dataset, usable, vocab, rank=0, world_size=1):
     return CiderD.from_dict(state[0])
 
 
-def train_scst_epoch(model, optimizer, split, reward, cfg, epoch, device, rank=0, world_size=1,
-                     autocast=nullcontext, progress=None):
+def train_scst_epoch(model, optimizer, split, reward, cfg, epoch, device, rank=0, world_size=1, progress=None):
     """One self-critical epoch of a training run from the feature cache. model: the Captioner (not the DDP
     wrapper: gradients are averaged here). Returns (mean loss, captions per second, metrics for the log)."""
     if split.features is None:
@@ -414,7 +409,7 @@ def train_scst_epoch(model, optimizer, split, reward, cfg, epoch, device, rank=0
         raise ValueError(f"scst_samples must be at least 1, got {cfg.scst_samples}")
     images = np.unique(split.dataset.caption_image[split.usable])
     stats = scst_epoch(model.encoder, model.decoder, optimizer, split.features, images, reward, cfg, epoch,
-                       device, rank, world_size, autocast, progress)
+                       device, rank, world_size, lambda: device_autocast(device), progress)
     if world_size > 1:  # every process's own images: the log shows the mean over all of them
         values = torch.tensor([stats["reward"], stats["baseline"], stats["loss"]], dtype=torch.float64,
                               device=device)

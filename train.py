@@ -667,8 +667,7 @@ def train(cfg):
             bar = lambda batches: tqdm(batches, desc=f"self-critical epoch {epoch + 1}/{total_epochs}",
                                        unit="batch", leave=False, disable=rank != 0)
             train_loss, speed, logged = scst.train_scst_epoch(model, optimizer, train_split, reward, cfg, epoch,
-                                                              device, rank, world_size, lambda: autocast(device),
-                                                              bar)
+                                                              device, rank, world_size, bar)
             state["step"] += logged.pop("steps")
             logged = {"phase": "scst", **logged}
         if rank == 0:

@@ -9,10 +9,7 @@ from model import DecoderRNN, greedy_search
 from scst import CiderD, caption_log_probs, end_mask, mean_of_others, sample_captions, scst_loss, scst_step
 from vocabulary import Vocabulary
 
-try:  # the scorers' home after the layout change (issue 12)
-    import metrics as scorer
-except ImportError:
-    import evaluate as scorer
+import metrics as scorer
 
 WORDS = ["a", "red", "blue", "circle", "square", "and", "the", "small", "don't", "big", "to", "left", "of"]
 REFERENCES = [  # raw captions, as annotation files hold them: case, punctuation, words outside the vocabulary
