@@ -247,6 +247,8 @@ def caption_log_probs(decoder, features, tokens, start_id, end_id):
     mask (C, T)): mask is True for the caption's words and its <end>, False for the padding after it.
     One teacher-forced pass instead of keeping the sampling steps' graph: the same call for every decoder
     (the training loss's own), one fused LSTM call instead of T small ones, and sampling runs without grad.
+    With dropout off (scst_epoch runs the decoder in eval mode) these are exactly the log-probabilities the
+    captions were sampled with (tests/test_scst.py checks them against decoding's own).
     """
     start = torch.full((tokens.size(0), 1), start_id, dtype=torch.long, device=tokens.device)
     scores = decoder(features, torch.cat([start, tokens], 1))  # (C, 1 + T, V); scores[:, t] predicts token t
