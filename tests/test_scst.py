@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scst
-from model import DecoderRNN, greedy_search
+from model import AttentionDecoder, DecoderRNN, greedy_search
 from scst import CiderD, caption_log_probs, end_mask, mean_of_others, sample_captions, scst_loss, scst_step
 from vocabulary import Vocabulary
 
@@ -100,15 +100,27 @@ def test_end_mask_keeps_the_words_and_the_first_end():
     assert end_mask(tokens, 1, inclusive=False).tolist() == [[1, 1, 0, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 
-def tiny_decoder(vocab_size=12, seed=0, image_every_step=True):
+DECODERS = ("lstm", "attention")
+POSITIONS = 6  # annotation vectors per image for the attention decoder: its features are (B, L, E)
+
+
+def tiny_decoder(vocab_size=12, seed=0, kind="lstm"):
     torch.manual_seed(seed)
-    return DecoderRNN(embed_size=8, hidden_size=16, vocab_size=vocab_size, image_every_step=image_every_step)
+    if kind == "attention":
+        return AttentionDecoder(embed_size=8, hidden_size=16, vocab_size=vocab_size, attention_size=8, feature_size=8)
+    return DecoderRNN(embed_size=8, hidden_size=16, vocab_size=vocab_size, image_every_step=True)
 
 
-def test_samples_stop_at_end_and_are_padded_with_end():
-    decoder = tiny_decoder()
+def tiny_features(batch, kind="lstm"):
+    """What encoder.embed gives each decoder: (B, E), or annotation vectors (B, L, E) for attention."""
+    return torch.randn(batch, POSITIONS, 8) if kind == "attention" else torch.randn(batch, 8)
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_samples_stop_at_end_and_are_padded_with_end(kind):
+    decoder = tiny_decoder(kind=kind)
     torch.manual_seed(1)
-    tokens = sample_captions(decoder, torch.randn(6, 8), samples=3, max_len=15)
+    tokens = sample_captions(decoder, tiny_features(6, kind), samples=3, max_len=15)
     assert tokens.shape == (18, 15)
     ended = tokens == decoder.end_id
     first = torch.where(ended.any(1), ended.float().argmax(1), 15)
@@ -117,11 +129,12 @@ def test_samples_stop_at_end_and_are_padded_with_end():
     assert len({tuple(r.tolist()) for r in tokens}) > 9  # samples, not one caption repeated
 
 
-def test_teacher_forced_log_probs_are_those_of_decoding():
+@pytest.mark.parametrize("kind", DECODERS)
+def test_teacher_forced_log_probs_are_those_of_decoding(kind):
     """The log-probabilities recomputed teacher-forced are the ones the decoder's own step-wise decoding had:
     greedy_search's score of its caption, <end> included, equals the masked sum."""
-    decoder = tiny_decoder().eval()
-    features = torch.randn(5, 8)
+    decoder = tiny_decoder(kind=kind).eval()
+    features = tiny_features(5, kind)
     ids, score = greedy_search(decoder, features, max_len=6)
     tokens = torch.full((5, 6), decoder.end_id, dtype=torch.long)
     for i, c in enumerate(ids):
@@ -163,12 +176,12 @@ class PreferToken:
         return (end_mask(tokens, end_id, inclusive=False) & (tokens == self.token)).any(1).double()
 
 
-@pytest.mark.parametrize("baseline", scst.BASELINES)
-def test_self_critical_steps_raise_the_probability_of_a_rewarded_token(baseline):
-    decoder = tiny_decoder()
+@pytest.mark.parametrize("kind, baseline", [("lstm", "mean"), ("lstm", "greedy"), ("attention", "mean")])
+def test_self_critical_steps_raise_the_probability_of_a_rewarded_token(kind, baseline):
+    decoder = tiny_decoder(kind=kind)
     encoder = torch.nn.Module()
     encoder.embed = torch.nn.Linear(4, 8)
-    inputs = torch.randn(8, 4)
+    inputs = torch.randn(8, POSITIONS, 4) if kind == "attention" else torch.randn(8, 4)
     token = 7
 
     def first_word_probability():
@@ -240,6 +253,19 @@ def test_resume_in_the_middle_of_scst_ends_with_the_same_weights(tiny_shapes, tm
     assert [r["reward"] for r in read_metrics(resumed_dir)[1:]] == [r["reward"] for r in read_metrics(full_dir)[1:]]
 
 
+def test_resume_takes_the_self_critical_knobs_given_and_keeps_the_saved_ones(tiny_shapes, tmp_path):
+    import dataclasses
+
+    from train import TrainConfig, train
+
+    run_dir = train(scst_config(tiny_shapes, tmp_path, scst_epochs=0, scst_max_len=12))
+    # the cross-entropy phase is over: the self-critical one starts with the learning rate given now
+    train(dataclasses.replace(TrainConfig(), resume=str(run_dir), epochs=1, scst_epochs=1, scst_lr=3e-4))
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["optimizer"]["param_groups"][0]["lr"] == 3e-4
+    assert last["config"]["scst_samples"] == 3 and last["config"]["scst_max_len"] == 12  # kept from the run
+
+
 def test_init_from_loads_the_weights_but_not_the_optimiser_or_epoch(tiny_shapes, tmp_path):
     from train import read_metrics, train
 
@@ -304,3 +330,21 @@ def test_the_training_figures_take_self_critical_rows():
     reward, cider = fig.axes
     assert list(reward.lines[0].get_ydata()) == [4.0, 5.0] and list(reward.lines[1].get_ydata()) == [3.9, 4.9]
     assert [list(line.get_xdata()) for line in cider.lines] == [[1, 2], [3, 4]]
+
+
+def test_scst_epochs_train_the_attention_decoder_and_init_from_rebuilds_it(tiny_shapes, tmp_path):
+    from train import read_metrics, train
+
+    attention = dict(grid=1, head_hidden=0, backbone_blocks=14, local_hidden=32, decoder="attention",
+                     attention_size=16, hidden_size=32)
+    run_dir = train(scst_config(tiny_shapes, tmp_path / "a", scst_epochs=1, **attention))
+    rows = read_metrics(run_dir)
+    assert [r["phase"] for r in rows] == ["xe", "scst"] and rows[1]["reward"] > 0
+    before = torch.load(run_dir / "last.pt", weights_only=True)
+    # the flags say the seed's decoder; the checkpoint's model_args say attention, and win
+    again = train(scst_config(tiny_shapes, tmp_path / "b", init_from=str(run_dir / "last.pt"), epochs=0,
+                              scst_epochs=1))
+    after = torch.load(again / "last.pt", weights_only=True)
+    assert after["model_args"]["decoder"] == "attention" and after["epoch"] == 1
+    assert [r["phase"] for r in read_metrics(again)] == ["scst"]
+    assert any(not torch.equal(t, after["decoder"][k]) for k, t in before["decoder"].items())  # it trained
