@@ -629,8 +629,9 @@ def train(cfg):
         load_state(model.encoder, ckpt["encoder"], "encoder")
         load_state(model.decoder, ckpt["decoder"], "decoder")
         optimizer.load_state_dict(ckpt["optimizer"])
+        lr = cfg.scst_lr if ckpt["epoch"] > cfg.epochs else cfg.lr  # past epochs: the self-critical optimiser
         for group in optimizer.param_groups:  # the loaded state carries the old run's; cfg's are the ones asked for
-            group.update(lr=cfg.lr, weight_decay=cfg.weight_decay)
+            group.update(lr=lr, weight_decay=cfg.weight_decay)
         restore_rng(ckpt["rng"])
         state["step"] = ckpt["step"]
         start_epoch = ckpt["epoch"]

@@ -237,13 +237,11 @@ def test_scst_epochs_follow_the_cross_entropy_ones_and_log_their_phase(tiny_shap
 
 
 def test_resume_in_the_middle_of_scst_ends_with_the_same_weights(tiny_shapes, tmp_path):
-    import dataclasses
-
-    from train import TrainConfig, read_metrics, train
+    from train import make_config, read_metrics, train
 
     full_dir = train(scst_config(tiny_shapes, tmp_path / "a"))
     half_dir = train(scst_config(tiny_shapes, tmp_path / "b", scst_epochs=1))
-    resumed_dir = train(dataclasses.replace(TrainConfig(), resume=str(half_dir), epochs=1, scst_epochs=2))
+    resumed_dir = train(make_config(resume=str(half_dir), scst_epochs=2))
     full = torch.load(full_dir / "last.pt", weights_only=True)
     resumed = torch.load(resumed_dir / "last.pt", weights_only=True)
     assert resumed["epoch"] == full["epoch"] == 3 and resumed["step"] == full["step"]
@@ -254,13 +252,11 @@ def test_resume_in_the_middle_of_scst_ends_with_the_same_weights(tiny_shapes, tm
 
 
 def test_resume_takes_the_self_critical_knobs_given_and_keeps_the_saved_ones(tiny_shapes, tmp_path):
-    import dataclasses
-
-    from train import TrainConfig, train
+    from train import make_config, train
 
     run_dir = train(scst_config(tiny_shapes, tmp_path, scst_epochs=0, scst_max_len=12))
     # the cross-entropy phase is over: the self-critical one starts with the learning rate given now
-    train(dataclasses.replace(TrainConfig(), resume=str(run_dir), epochs=1, scst_epochs=1, scst_lr=3e-4))
+    train(make_config(resume=str(run_dir), scst_epochs=1, scst_lr=3e-4))
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert last["optimizer"]["param_groups"][0]["lr"] == 3e-4
     assert last["config"]["scst_samples"] == 3 and last["config"]["scst_max_len"] == 12  # kept from the run
