@@ -190,6 +190,23 @@ def transform_figure(image, eval_transform, train_transform, n_train=3, seed=0):
     return fig
 
 
+def diagram_pen(ax):
+    """(box, arrow): the two drawing helpers the architecture diagrams share, bound to one matplotlib axis.
+
+    box(x, y, text, color, w, h) draws a rounded box centred on (x, y); arrow(x0, y0, x1, y1) an arrow.
+    """
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    def box(x, y, text, color, w=1.7, h=0.85):
+        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="0.3"))
+        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1, **kw):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color="0.25", **kw))
+
+    return box, arrow
+
+
 def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280, grid=1, head_hidden=0,
                          embed_size=100, hidden_size=512, vocab_size=None, words=("a", "red", "circle"),
                          embed_norm=False, backbone_blocks=0, local_hidden=0, image_every_step=False,
@@ -201,8 +218,6 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
     if decoder == "attention":
         return attention_diagram(backbone, image_size, channels, embed_size, hidden_size, attention_size, vocab_size,
                                  words, embed_norm, backbone_blocks, local_hidden)
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     V = vocab_size or "V"
     features = channels * grid * grid
     if local_hidden:
@@ -219,12 +234,7 @@ def architecture_diagram(backbone="mobilenet_v2", image_size=128, channels=1280,
     ax.set_ylim(0, 6.2)
     ax.axis("off")
 
-    def box(x, y, text, color, w=1.7, h=0.85):
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="0.3"))
-        ax.text(x, y, text, ha="center", va="center", fontsize=8)
-
-    def arrow(x0, y0, x1, y1, **kw):
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color="0.25", **kw))
+    box, arrow = diagram_pen(ax)
 
     enc, dec, word_in, word_out = "#cfe3f7", "#fde2c4", "#e6e6e6", "#d9f2d9"
     # The encoder, top to bottom on the left.
@@ -271,20 +281,13 @@ def attention_diagram(backbone="mobilenet_v2", image_size=128, channels=1280, em
     """Boxes and arrows of Show, Attend and Tell (model.AttentionDecoder) with this configuration's sizes: the
     encoder hands over one annotation per map position; before each word, attention weighs them against the
     LSTM's state and the gated context goes into the LSTM beside the word."""
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
     V, A = vocab_size or "V", attention_size or hidden_size
     fig, ax = plt.subplots(figsize=(12, 6.2))
     ax.set_xlim(0, 12.2)
     ax.set_ylim(0, 6.9)
     ax.axis("off")
 
-    def box(x, y, text, color, w=1.7, h=0.85):
-        ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.04", fc=color, ec="0.3"))
-        ax.text(x, y, text, ha="center", va="center", fontsize=8)
-
-    def arrow(x0, y0, x1, y1, **kw):
-        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=11, color="0.25", **kw))
+    box, arrow = diagram_pen(ax)
 
     enc, dec, att, word_in, word_out = "#cfe3f7", "#fde2c4", "#f6d5e5", "#e6e6e6", "#d9f2d9"
     # The encoder: the map is kept, one annotation per position.
