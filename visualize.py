@@ -51,13 +51,8 @@ def training_curves(rows):
     for key in ("Bleu_4", "CIDEr", "object_f1"):
         if all(key in r for r in rows):
             score_ax.plot(epochs, [r[key] for r in rows], marker="o", label=key)
-    for ax, name in ((loss_ax, "cross-entropy loss"), (ppl_ax, "perplexity"), (score_ax, "validation scores")):
-        ax.set_xlabel("epoch")
-        ax.set_title(name)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    return fig
+    return _per_epoch_panels(fig, ((loss_ax, "cross-entropy loss"), (ppl_ax, "perplexity"),
+                                   (score_ax, "validation scores")))
 
 
 def scst_curves(rows):
@@ -70,7 +65,12 @@ def scst_curves(rows):
     for phase, label in (("xe", "cross-entropy"), ("scst", "self-critical")):
         part = [r for r in rows if r.get("phase", "xe") == phase and "CIDEr" in r]
         cider_ax.plot([r["epoch"] for r in part], [r["CIDEr"] for r in part], marker="o", label=label)
-    for ax, name in ((reward_ax, "training reward"), (cider_ax, "validation CIDEr (greedy)")):
+    return _per_epoch_panels(fig, ((reward_ax, "training reward"), (cider_ax, "validation CIDEr (greedy)")))
+
+
+def _per_epoch_panels(fig, axes_and_titles):
+    """Title, epoch axis, grid and legend on each panel of a per-epoch figure; the figure, laid out."""
+    for ax, name in axes_and_titles:
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.grid(alpha=0.3)
