@@ -426,7 +426,9 @@ class AttentionDecoder(nn.Module):
     et al.'s deep output (their eq. 7): the previous word's embedding, the new h and the gated context, each
     brought to the embedding size and summed, then dropout and a linear layer over the vocabulary. So a word
     reads what it attended to directly, not only through the LSTM: the shape named after a colour is read at
-    the position the colour was read from.
+    the position the colour was read from. word_out=False leaves the previous word's embedding out of that sum
+    (the word still reaches the output through the LSTM's h): a direct bigram path such as "orange" -> the
+    shape seen with orange in training cannot then outvote what the attended position shows.
 
     The same contract as DecoderRNN: forward(features, captions) -> scores (B, T, V) where scores[:, t]
     predicts captions[:, t]; start / step for decoding, with a state of batch-first tensors (AttentionState).
@@ -435,10 +437,11 @@ class AttentionDecoder(nn.Module):
     """
 
     def __init__(self, embed_size=100, hidden_size=512, vocab_size=None, attention_size=None, feature_size=None,
-                 start_id=0, end_id=1, dropout=0.0):
+                 start_id=0, end_id=1, dropout=0.0, word_out=True):
         super().__init__()
         if not vocab_size:
             raise ValueError("AttentionDecoder needs vocab_size (len(vocab))")
+        self.word_out = bool(word_out)
         feature_size = feature_size or embed_size
         attention_size = attention_size or hidden_size
         self.vocab_size, self.start_id, self.end_id = vocab_size, start_id, end_id
@@ -469,7 +472,9 @@ class AttentionDecoder(nn.Module):
         alpha, context = self.attention(features, state.keys, state.h)  # (B, L), (B, D)
         gated = torch.sigmoid(self.gate(state.h)) * context  # (B, D)
         h, c = self.cell(torch.cat([words, gated.to(words.dtype)], dim=1), (state.h, state.c))  # (B, H) each
-        out = words + self.out_h(h) + self.out_z(gated)  # (B, E)
+        out = self.out_h(h) + self.out_z(gated)  # (B, E)
+        if self.word_out:
+            out = out + words
         return AttentionState(h, c, alpha, state.keys), out
 
     def forward(self, features, captions, return_attention=False):
@@ -683,7 +688,8 @@ def build_model(model_args):
                          attention=kind == "attention")
     if kind == "attention":
         decoder = AttentionDecoder(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("attention_size"),
-                                   a["embed_size"], a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0))
+                                   a["embed_size"], a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),
+                                   a.get("attention_word_out", True))
     else:
         decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
                              a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),

@@ -78,6 +78,8 @@ class TrainConfig:
                                "before each word)")
     attention_size: int = opt(0, "attention decoder: hidden size of the additive attention; 0: hidden_size")
     attention_reg: float = opt(0.0, "attention decoder: weight λ of the doubly stochastic regularisation (Xu et al.)")
+    attention_word_out: bool = opt(True, "attention decoder: the previous word's embedding joins the deep output "
+                                         "(Xu et al. eq. 7); False: only the LSTM state and the context do")
     decoder_dropout: float = opt(0.0, "lstm decoder: dropout on the LSTM's inputs and on its outputs before the "
                                       "vocabulary layer")
     # optimisation
@@ -119,6 +121,7 @@ class TrainConfig:
                     hidden_size=self.hidden_size, num_layers=self.num_layers, dropout=self.dropout,
                     image_every_step=self.image_every_step, decoder=self.decoder,
                     attention_size=self.attention_size or self.hidden_size, decoder_dropout=self.decoder_dropout,
+                    attention_word_out=self.attention_word_out,
                     vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
 
 

@@ -213,6 +213,37 @@ def test_reorder_state_moves_every_tensor_with_its_row():
         assert torch.equal(after, before[index])
 
 
+def test_word_out_false_leaves_the_previous_word_out_of_the_deep_output():
+    """With word_out=False the scores after a step are a function of the new LSTM state and the context only:
+    two words that lead to the same h and context give the same scores; with the default they do not."""
+    for word_out in (True, False):
+        torch.manual_seed(0)
+        decoder = AttentionDecoder(E, H, V, A, word_out=word_out).eval()
+        feats = annotations(2)
+        _, state = decoder.start(feats)
+        with torch.no_grad():
+            decoder.cell.weight_ih[:, :E] = 0.0  # the LSTM ignores the word: h and context no longer depend on it
+            scores_a, _ = decoder.step(torch.tensor([2, 2]), state, image=feats)
+            scores_b, _ = decoder.step(torch.tensor([3, 3]), state, image=feats)
+        if word_out:
+            assert (scores_a - scores_b).abs().max() > 1e-3
+        else:
+            assert torch.allclose(scores_a, scores_b)
+
+
+def test_attention_word_out_flag_reaches_the_checkpoint_and_the_model(tmp_path):
+    import train
+    cfg = train.parse_args(["--preset", "shapes-cpu", "--decoder", "attention", "--no-attention-word-out"])
+    vocab = Vocabulary("a red circle".split())
+    args = cfg.model_args(vocab)
+    assert args["attention_word_out"] is False
+    _, decoder = model.build_model(dict(args, pretrained=False))
+    assert decoder.word_out is False
+    # Checkpoints written before the option existed keep Xu et al.'s deep output, the word included.
+    old = {k: v for k, v in args.items() if k != "attention_word_out"}
+    assert model.build_model(dict(old, pretrained=False))[1].word_out is True
+
+
 # ---------------------------------------------------------------------------------------------------
 # The encoder and checkpoints
 # ---------------------------------------------------------------------------------------------------
