@@ -63,10 +63,12 @@ DEMO_PARAMS := -p DATA_ROOT "$(DATA_ROOT)"
 DEMO_DATA :=
 DEMO_FIGURES := print('== figures:', v.save_figure(v.demo_captions(splits=('val',)), 'outputs/demo_captions.png', dpi=80), \
 	v.save_figure(v.own_images(), 'outputs/own_images.png', dpi=80))
+DEMO_SHOWN := ('outputs/demo_captions.png', 'outputs/own_images.png')
 else
 DEMO_PARAMS :=
 DEMO_DATA := data
 DEMO_FIGURES := print('== README figure:', v.save_figure(v.demo_captions(), 'images/figures/demo_captions.png', dpi=80, colors=256))
+DEMO_SHOWN := ('images/figures/demo_captions.png',)
 endif
 
 demo: venv weights $(DEMO_DATA)
@@ -80,7 +82,7 @@ demo: venv weights $(DEMO_DATA)
 		echo "   done in $$(( $$(date +%s) - start )) s"; \
 	done
 	@"$(PY)" -c "import visualize as v; $(DEMO_FIGURES)"
-	@"$(PY)" -c "import visualize; print(visualize.demo_summary())"
+	@"$(PY)" -c "import visualize; print(visualize.demo_summary(figures=$(DEMO_SHOWN)))"
 
 # Notebooks are committed without outputs or execution counts (pyro and nbdev do the same); `make test` runs this.
 check-notebooks: venv

@@ -438,15 +438,18 @@ def own_images(checkpoint=None, runs_dir="runs", images_dir="images", beam=3, nc
                         cell_inches=2.8, title=title or f"{images_dir}/ captioned by {checkpoint.parent.name}/{checkpoint.name}")
 
 
-def demo_summary(outputs_dir="outputs", runs_dir="runs"):
+def demo_summary(outputs_dir="outputs", runs_dir="runs", figures=("images/figures/demo_captions.png",)):
     """What `make demo` produced and its final scores, as text: outputs/inference_scores.json when
-    3_Inference wrote it, else the last metrics.jsonl row of the newest run."""
+    3_Inference wrote it, else the last metrics.jsonl row of the newest run. figures: the captioned images the
+    demo drew (the README's figure on shapes; outputs/ only on a dataset of the user's, whose photos never go
+    into images/)."""
     outputs_dir, runs_dir = Path(outputs_dir), Path(runs_dir)
     lines = ["", "== make demo: done", f"executed notebooks and their HTML:  {outputs_dir / 'notebooks'}/"]
     runs = sorted((p.parent for p in runs_dir.glob("*/metrics.jsonl")), key=lambda d: d.stat().st_mtime)
     if runs:
         lines.append(f"the training run (checkpoints, metrics): {runs[-1]}/")
-    lines.append("captioned test images for the README:  images/figures/demo_captions.png")
+    if figures:
+        lines.append(f"captioned images:  {', '.join(map(str, figures))}")
     scores_file = outputs_dir / "inference_scores.json"
     if scores_file.is_file():
         lines += ["", f"final scores ({scores_file}):", *_inference_score_lines(json.loads(scores_file.read_text()))]

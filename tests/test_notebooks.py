@@ -154,6 +154,12 @@ def test_demo_summary_prints_the_inference_scores_as_a_table(tmp_path):
     assert re.search(r"greedy +beam 3$", next(l for l in lines if "greedy" in l))
     assert re.search(r"CIDEr +2\.961 +2\.967$", next(l for l in lines if "CIDEr" in l))
     assert any("SPICE: not computed" in l for l in lines)
+    assert "captioned images:  images/figures/demo_captions.png" in lines  # the shapes demo's README figure
+    # On a user's dataset (make demo DATA_ROOT=...) the figures go to outputs/ only, and the summary says so.
+    shown = ("outputs/demo_captions.png", "outputs/own_images.png")
+    text_out = demo_summary(tmp_path / "out", tmp_path / "runs", figures=shown)
+    assert "captioned images:  outputs/demo_captions.png, outputs/own_images.png" in text_out
+    assert "images/figures" not in text_out
 
 
 def test_demo_summary_falls_back_to_the_newest_runs_last_epoch(tmp_path):
