@@ -472,9 +472,10 @@ class AttentionDecoder(nn.Module):
         alpha, context = self.attention(features, state.keys, state.h)  # (B, L), (B, D)
         gated = torch.sigmoid(self.gate(state.h)) * context  # (B, D)
         h, c = self.cell(torch.cat([words, gated.to(words.dtype)], dim=1), (state.h, state.c))  # (B, H) each
-        out = self.out_h(h) + self.out_z(gated)  # (B, E)
-        if self.word_out:
-            out = out + words
+        if self.word_out:  # (B, E); summed in the order used before the option existed, so results stay the same
+            out = words + self.out_h(h) + self.out_z(gated)
+        else:
+            out = self.out_h(h) + self.out_z(gated)
         return AttentionState(h, c, alpha, state.keys), out
 
     def forward(self, features, captions, return_attention=False):
