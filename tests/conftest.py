@@ -45,6 +45,18 @@ def tiny_train_config(data_root, out_dir, **overrides):
     return TrainConfig(**settings)
 
 
+def assert_same_training_state(full_dir, resumed_dir, epoch):
+    """The resumed run's last.pt holds the uninterrupted run's epoch, step and every weight, bit for bit."""
+    import torch
+
+    full = torch.load(Path(full_dir) / "last.pt", weights_only=True)
+    resumed = torch.load(Path(resumed_dir) / "last.pt", weights_only=True)
+    assert resumed["epoch"] == full["epoch"] == epoch and resumed["step"] == full["step"]
+    for part in ("encoder", "decoder"):
+        for name, tensor in full[part].items():
+            assert torch.equal(tensor, resumed[part][name]), f"{part}.{name} differs after resume"
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tiny_shapes, tmp_path_factory):
     """A run folder whose model has overfit the tiny shapes training images (trained once per session)."""

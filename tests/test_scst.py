@@ -10,6 +10,7 @@ from scst import CiderD, caption_log_probs, end_mask, mean_of_others, sample_cap
 from vocabulary import Vocabulary
 
 import metrics as scorer
+from conftest import assert_same_training_state
 
 WORDS = ["a", "red", "blue", "circle", "square", "and", "the", "small", "don't", "big", "to", "left", "of"]
 REFERENCES = [  # raw captions, as annotation files hold them: case, punctuation, words outside the vocabulary
@@ -242,12 +243,7 @@ def test_resume_in_the_middle_of_scst_ends_with_the_same_weights(tiny_shapes, tm
     full_dir = train(scst_config(tiny_shapes, tmp_path / "a"))
     half_dir = train(scst_config(tiny_shapes, tmp_path / "b", scst_epochs=1))
     resumed_dir = train(make_config(resume=str(half_dir), scst_epochs=2))
-    full = torch.load(full_dir / "last.pt", weights_only=True)
-    resumed = torch.load(resumed_dir / "last.pt", weights_only=True)
-    assert resumed["epoch"] == full["epoch"] == 3 and resumed["step"] == full["step"]
-    for part in ("encoder", "decoder"):
-        for name, tensor in full[part].items():
-            assert torch.equal(tensor, resumed[part][name]), f"{part}.{name} differs after resume"
+    assert_same_training_state(full_dir, resumed_dir, epoch=3)
     assert [r["reward"] for r in read_metrics(resumed_dir)[1:]] == [r["reward"] for r in read_metrics(full_dir)[1:]]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import train as train_mod
-from conftest import REPO_ROOT, tiny_train_config
+from conftest import REPO_ROOT, assert_same_training_state, tiny_train_config
 from metrics import caption_metrics
 from model import load_checkpoint
 from train import TrainConfig, read_metrics, train
@@ -59,12 +59,7 @@ def test_resume_ends_with_the_same_weights(tiny_shapes, tmp_path):
     half_dir = train(tiny_train_config(tiny_shapes, tmp_path / "b", **{**short, "epochs": 1}))
     resumed_dir = train(train_mod.make_config(resume=str(half_dir), epochs=2))
     assert resumed_dir == half_dir
-    full = torch.load(full_dir / "last.pt", weights_only=True)
-    resumed = torch.load(resumed_dir / "last.pt", weights_only=True)
-    assert resumed["epoch"] == full["epoch"] == 2 and resumed["step"] == full["step"]
-    for part in ("encoder", "decoder"):
-        for name, tensor in full[part].items():
-            assert torch.equal(tensor, resumed[part][name]), f"{part}.{name} differs after resume"
+    assert_same_training_state(full_dir, resumed_dir, epoch=2)
     assert len(read_metrics(resumed_dir)) == 2
 
 
