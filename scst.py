@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
-from model import autocast as device_autocast, greedy_search
+from model import allowed_scores, autocast as device_autocast, greedy_search
 
 BASELINES = ("mean", "greedy")
 PAD = 0  # reward-token id of "no token": padding, and what <start>/<end> map to
@@ -230,8 +230,10 @@ def sample_captions(decoder, features, samples, max_len):
     tokens = torch.full((features.size(0), max_len), end, dtype=torch.long, device=features.device)
     done = torch.zeros(features.size(0), dtype=torch.bool, device=features.device)
     logits, state = decoder.start(features)
+    previous = torch.full((features.size(0),), decoder.start_id, dtype=torch.long, device=features.device)
     for t in range(max_len):
-        word = torch.multinomial(F.softmax(logits.float(), -1), 1).squeeze(1)  # (C,)
+        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
+        word = torch.multinomial(F.softmax(logits, -1), 1).squeeze(1)  # (C,)
         tokens[:, t] = torch.where(done, end, word)
         done |= word == end
         if bool(done.all()) or t + 1 == max_len:
@@ -251,8 +253,10 @@ def caption_log_probs(decoder, features, tokens, start_id, end_id):
     captions were sampled with (tests/test_scst.py checks them against decoding's own).
     """
     start = torch.full((tokens.size(0), 1), start_id, dtype=torch.long, device=tokens.device)
-    scores = decoder(features, torch.cat([start, tokens], 1))  # (C, 1 + T, V); scores[:, t] predicts token t
-    logp = F.log_softmax(scores[:, 1:].float(), -1).gather(2, tokens.unsqueeze(2)).squeeze(2)  # (C, T)
+    inputs = torch.cat([start, tokens], 1)  # (C, 1 + T)
+    scores = decoder(features, inputs)  # (C, 1 + T, V); scores[:, t] predicts token t
+    scores = allowed_scores(decoder, scores[:, 1:].float(), inputs[:, :-1])  # (C, T, V), as sampling saw them
+    logp = F.log_softmax(scores, -1).gather(2, tokens.unsqueeze(2)).squeeze(2)  # (C, T)
     return logp, end_mask(tokens, end_id)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scst
-from model import AttentionDecoder, DecoderRNN, greedy_search
+from model import AttentionDecoder, DecoderRNN, greedy_search, register_word_rules
 from scst import CiderD, caption_log_probs, end_mask, mean_of_others, sample_captions, scst_loss, scst_step
 from vocabulary import Vocabulary
 
@@ -130,11 +130,17 @@ def test_samples_stop_at_end_and_are_padded_with_end(kind):
     assert len({tuple(r.tolist()) for r in tokens}) > 9  # samples, not one caption repeated
 
 
+@pytest.mark.parametrize("rules", [False, True])
 @pytest.mark.parametrize("kind", DECODERS)
-def test_teacher_forced_log_probs_are_those_of_decoding(kind):
+def test_teacher_forced_log_probs_are_those_of_decoding(kind, rules):
     """The log-probabilities recomputed teacher-forced are the ones the decoder's own step-wise decoding had:
-    greedy_search's score of its caption, <end> included, equals the masked sum."""
+    greedy_search's score of its caption, <end> included, equals the masked sum. With word rules (a banned word
+    made the likeliest, <end> forbidden after words 3 to 6) both sides renormalise over the allowed words."""
     decoder = tiny_decoder(kind=kind).eval()
+    if rules:
+        register_word_rules(decoder, banned_ids=[2], no_end_after=[3, 4, 5, 6])
+        with torch.no_grad():
+            decoder.fc.bias[2] += 5.0
     features = tiny_features(5, kind)
     ids, score = greedy_search(decoder, features, max_len=6)
     tokens = torch.full((5, 6), decoder.end_id, dtype=torch.long)
