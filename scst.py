@@ -279,7 +279,9 @@ def mean_of_others(rewards, samples):
 def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, baseline="mean", max_len=30,
               grad_clip=0.0, world_size=1, autocast=nullcontext):
     """One self-critical step on a batch of images. inputs: their cached CNN features (B, ...); images (B,):
-    their rows in `cider`'s references. Returns a dict of floats: loss, reward, baseline, reward_s, step_s."""
+    their rows in `cider`'s references. Returns a dict of floats: loss, reward, baseline, and the seconds of the
+    whole step (step_s), of sampling (sample_s) and of the reward (reward_s); the rest is the teacher-forced
+    pass, its backward and the update."""
     if baseline not in BASELINES:
         raise ValueError(f"scst_baseline must be one of {BASELINES}, got {baseline!r}")
     if baseline == "mean" and samples < 2:
@@ -289,8 +291,11 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
     with autocast():
         features = encoder.embed(inputs)  # (B, ...)
     with autocast():
-        tokens = sample_captions(decoder, features.detach(), samples, max_len)  # (B*k, T)
+        tokens = sample_captions(decoder, features.detach(), samples, max_len)  # (B*k, max_len)
+    # Columns after the longest caption's <end> are padding in every row: the teacher-forced pass skips them.
+    tokens = tokens[:, : int(end_mask(tokens, end).sum(1).max())]  # (B*k, T)
     t_reward = time.perf_counter()
+    sample_s = t_reward - t0
     rewards = cider.rewards(tokens, images.repeat_interleave(samples), end)  # (B*k,) float64
     reward_s = time.perf_counter() - t_reward
     if baseline == "mean":
@@ -312,7 +317,7 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
         nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return {"loss": loss.item(), "reward": rewards.mean().item(), "baseline": base.mean().item(),
-            "reward_s": reward_s, "step_s": time.perf_counter() - t0}
+            "reward_s": reward_s, "sample_s": sample_s, "step_s": time.perf_counter() - t0}
 
 
 def greedy_captions(decoder, features, max_len, autocast=nullcontext):

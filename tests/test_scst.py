@@ -346,3 +346,23 @@ def test_scst_epochs_train_the_attention_decoder_and_init_from_rebuilds_it(tiny_
     assert after["model_args"]["decoder"] == "attention" and after["epoch"] == 1
     assert [r["phase"] for r in read_metrics(again)] == ["scst"]
     assert any(not torch.equal(t, after["decoder"][k]) for k, t in before["decoder"].items())  # it trained
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_padding_columns_change_neither_the_loss_nor_its_gradient(kind):
+    """scst_step cuts the sampled tokens after the longest caption's <end>: the columns it drops are <end>
+    padding in every row, so the loss and every gradient are those of the uncut tokens."""
+    end = 1
+    padded = torch.tensor([[4, 5, end, end, end, end], [6, end, end, end, end, end], [7, 8, 9, end, end, end]])
+    tokens = padded[:, : int(end_mask(padded, end).sum(1).max())]  # as scst_step cuts them
+    assert tokens.shape == (3, 4)
+    features, advantage = tiny_features(3, kind), torch.tensor([1.0, -2.0, 0.5])
+    grads = []
+    for t in (tokens, padded):
+        decoder = tiny_decoder(kind=kind).eval()
+        logp, mask = caption_log_probs(decoder, features, t, decoder.start_id, end)
+        loss = scst_loss(logp, mask, advantage)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in decoder.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-7)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1]))
