@@ -78,7 +78,7 @@ def same_images_note(ckpt, data_root, split):
 
 def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_penalty=0.0, data_root=None,
                         out_dir=None, batch_size=256, device="auto", num_workers=None, backend="auto", save=True,
-                        progress=True):
+                        progress=True, word_rules=True):
     """Caption every usable image of a split with a checkpoint, score the captions and (save) write them.
 
     Returns (scores, captions): scores is a Scores dict (Bleu_1..4, METEOR, ROUGE_L, CIDEr, and on shapes
@@ -87,10 +87,12 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     split None: default_split of the data root (test on shapes, val on COCO);
     max_len None: the checkpoint's training max_len; data_root None: the checkpoint's; out_dir None: the
     checkpoint's folder, which receives captions_<split>_beam<k>.json (COCO results format) and
-    scores_<split>_beam<k>.json.
+    scores_<split>_beam<k>.json. word_rules=False decodes without model.word_rules (<unk> and any last word
+    allowed), to measure what the rules change.
     """
     device = get_device(device)
     encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint, device)
+    decoder.has_word_rules = word_rules
     settings = checkpoint_settings(ckpt, data_root=data_root, num_workers=num_workers)
     max_len = checkpoint_max_len(ckpt, max_len)
     split = split or default_split(settings["data_root"])
@@ -121,7 +123,7 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     scores.diagnostics = caption_diagnostics(captions, training_captions(settings["data_root"]), NO_END_AFTER)
     if save:
         info = dict(checkpoint=str(checkpoint), data_root=str(settings["data_root"]), split=split, beam=beam,
-                    max_len=max_len, length_penalty=length_penalty, n_images=len(captions),
+                    max_len=max_len, length_penalty=length_penalty, word_rules=word_rules, n_images=len(captions),
                     diagnostics=scores.diagnostics)
         write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
     return scores, captions
@@ -173,6 +175,9 @@ def parse_args(argv=None):
                         help="longest caption, in words; None: the checkpoint's training max_len")
     parser.add_argument("--length-penalty", type=float, default=0.0,
                         help="GNMT length penalty alpha for beam search; 0 ranks by plain log-probability")
+    parser.add_argument("--no-word-rules", dest="word_rules", action="store_false",
+                        help="decode without the word rules (no <unk>, no caption ending on 'a', 'of', ...), to "
+                             "measure what they change")
     parser.add_argument("--data-root", default=None, help="COCO-layout data root; None: the checkpoint's data_root")
     parser.add_argument("--out", default=None, help="folder for the captions and scores; None: the checkpoint's folder")
     parser.add_argument("--batch-size", type=int, default=256, help="images captioned at once")
@@ -195,7 +200,7 @@ def main(argv=None):
             args.split = default_split(settings["data_root"])
         scores, captions = evaluate_checkpoint(checkpoint, args.split, args.beam, args.max_len, args.length_penalty,
                                                args.data_root, args.out, args.batch_size, args.device,
-                                               args.num_workers, args.backend)
+                                               args.num_workers, args.backend, word_rules=args.word_rules)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)

@@ -187,6 +187,23 @@ def test_beam_1_through_the_cli_is_the_training_time_greedy_path(checkpoint, tin
 
 
 @pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")
+@pytest.mark.parametrize("flags, rules", [([], True), (["--no-word-rules"], False)])
+def test_no_word_rules_reaches_the_decoder_and_the_scores_file(checkpoint, tmp_path, monkeypatch, flags, rules):
+    seen = []
+
+    def spy(*args, **kwargs):
+        found = load_checkpoint(*args, **kwargs)
+        seen.append(found[1])
+        return found
+
+    monkeypatch.setattr(evaluate, "load_checkpoint", spy)
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--split", "test", "--out", str(tmp_path),
+                          "--backend", "python"] + flags) == 0
+    assert len(seen) == 1 and seen[0].has_word_rules is rules
+    assert json.loads((tmp_path / "scores_test_beam1.json").read_text())["word_rules"] is rules
+
+
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")
 def test_evaluate_scores_the_data_roots_own_split_and_says_when_best_pt_was_chosen_on_it(checkpoint, tmp_path,
                                                                                         capsys):
     """No --split: test where the data root has test captions (shapes; val on COCO, tests/test_notebooks.py).
