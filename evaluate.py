@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from data_loader import CocoCaptionDataset, data_defaults, find_split, load_coco
 from features import cached_features, compute_features
+import model_card
 from metrics import BACKENDS, SPICE_NOTE, Scores, caption_metrics, meteor_missing_reason, scores_table
 from model import caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint, read_checkpoint
 
@@ -118,6 +119,7 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
         info = dict(checkpoint=str(checkpoint), data_root=str(settings["data_root"]), split=split, beam=beam,
                     max_len=max_len, length_penalty=length_penalty, n_images=len(captions))
         write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
+        model_card.add_scores(checkpoint, {**info, "scores": dict(scores)})  # its row on MODEL_CARD.md
     return scores, captions
 
 
