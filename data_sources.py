@@ -546,7 +546,8 @@ def converted_split(source, split, converted_dir=None):
 # download_url delete a partial file on failure (an 18 GB COCO zip would start again from zero) and accept a
 # connection that closes early as a whole file; here a short body is an error, and a rerun asks the server for
 # the rest (an HTTP Range request) or, when the server does not do ranges, starts the file over.
-# zipfile checks every member's CRC while extracting; hashlib is not used since no official checksums exist.
+# zipfile checks every member's CRC while extracting. No official checksums exist: the SHA-256 of each zip is
+# recorded in the finished download's marker file (dest/.download-<dataset>.json), so two copies can be compared.
 import http.client
 import shutil
 import sys
@@ -813,11 +814,16 @@ def download(key, dest, mirror=None, keep_zips=False, progress=True):
             except Offline as e:
                 raise Offline(by_hand_message(spec, dest, mirror, str(e))) from None
         open_archive(path, archive)[0].close()  # every zip is checked before any is unpacked
+    files = {}
     for archive in spec.archives:
-        n = extract(dest / archive.file, archive, dest)
-        print(f"unpacked {n:,} files of {archive.file} into {dest / archive.folder}")
+        path = dest / archive.file
+        with open(path, "rb") as f:  # no official checksums exist: this one lets two copies be compared
+            files[archive.file] = {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+        n = extract(path, archive, dest)
+        print(f"unpacked {n:,} files of {archive.file} ({files[archive.file]['bytes']:,} bytes, sha256 "
+              f"{files[archive.file]['sha256'][:16]}...) into {dest / archive.folder}")
     counts = check_counts(spec, dest)
-    atomic_write_json({"dataset": spec.name, "counts": counts, "files": [a.file for a in spec.archives],
+    atomic_write_json({"dataset": spec.name, "counts": counts, "files": files,
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, done_marker(dest, key))
     if not keep_zips:
         for archive in spec.archives:

@@ -1,8 +1,10 @@
 """`python data_sources.py download`: against a local HTTP server that these tests start, serving tiny zips they
 build (the real archives are never fetched). Each server binds 127.0.0.1 on a free port, answers with a socket
 timeout, and is shut down when its test ends."""
+import hashlib
 import http.server
 import io
+import json
 import socket
 import threading
 import zipfile
@@ -130,7 +132,8 @@ def assert_flickr8k_ready(dest):
                          ids=["as-published", "other-zipping"])
 def test_download_unpacks_the_original_layout_and_a_rerun_does_nothing(tmp_path, serve, capsys, images_in_folder,
                                                                        text_in_folder, macosx):
-    server = serve(flickr_zips(tmp_path, images_in_folder, text_in_folder, macosx))
+    zips = flickr_zips(tmp_path, images_in_folder, text_in_folder, macosx)
+    server = serve(zips)
     dest = tmp_path / "data" / "flickr8k"
     assert download(dest, server.url) == 0
     out = capsys.readouterr().out
@@ -139,6 +142,9 @@ def test_download_unpacks_the_original_layout_and_a_rerun_does_nothing(tmp_path,
     assert f"{N_IMAGES} images, {N_CAPTIONS} caption lines" in out
     assert "the official Flickr8k has 8,091" in out and "the official Flickr8k has 40,460" in out  # warned
     assert "~1.1 GB" in out  # the sizes are said before downloading
+    marker = json.loads(ds.done_marker(dest, "flickr8k").read_text())
+    assert marker["counts"] == {"images": N_IMAGES, "caption lines": N_CAPTIONS}
+    assert marker["files"]["Flickr8k_text.zip"]["sha256"] == hashlib.sha256(zips["Flickr8k_text.zip"]).hexdigest()
 
     assert download(dest, server.url) == 0
     assert len(server.requests) == 2  # nothing fetched again
