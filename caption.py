@@ -6,8 +6,8 @@
                                                                                #   each word looked (attention)
 
 From Python (the notebooks use these):
-    encoder, decoder, vocab, ckpt = model.load_checkpoint(path, device)
-    captions, failures = caption_images(encoder, decoder, vocab, paths, image_size=...)
+    captioner = captioner.ImageCaptioner(path); captioner(["a.jpg", pil_image])   # also what torch.hub.load returns
+    captions, failures = caption_images(encoder, decoder, vocab, paths, image_size=...)   # many files, failures named
 
 Captioning a batch of images or cached features (model.caption_batch) and decoding itself (batched greedy and
 beam search) live in model.py; this file finds the image files, feeds them in batches and names the failures.
@@ -20,9 +20,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from captioner import ImageCaptioner
 from data_loader import ImageListDataset, ImageLoadError, collate_images, get_transform, load_image
 from heatmaps import attention_figure, save_png
-from model import DEFAULT_MAX_LEN, caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint
+from model import DEFAULT_MAX_LEN, caption_batch, latest_checkpoint
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -154,21 +155,21 @@ def main(argv=None):
             raise ValueError("--beam and --batch-size must be at least 1")
         paths = image_files(args.images)
         checkpoint = args.checkpoint or latest_checkpoint(args.runs_dir)
-        encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint, get_device(args.device))
+        model = ImageCaptioner(checkpoint, device=args.device, max_len=args.max_len)
     except (FileNotFoundError, ValueError, RuntimeError) as e:  # CheckpointError is a ValueError
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 1
-    if args.attention is not None and not getattr(encoder, "attention", False):
-        kind = ckpt["model_args"].get("decoder", "lstm")
+    if args.attention is not None and not model.has_attention:
+        kind = model.ckpt["model_args"].get("decoder", "lstm")
         print(f"error: {checkpoint} has no attention to draw (its decoder is {kind!r}); --attention needs a "
               "checkpoint trained with --decoder attention", file=sys.stderr)
         return 2
+    print(f"{checkpoint}: {model.trained_on}", file=sys.stderr)  # so that a Flickr8k model's words surprise nobody
     failed = 0
     try:
-        for path, text, reason in iter_captions(encoder, decoder, vocab, paths, ckpt["model_args"]["image_size"],
-                                                args.beam, checkpoint_max_len(ckpt, args.max_len),
-                                                args.length_penalty, args.batch_size, args.num_workers,
-                                                attention_dir=args.attention):
+        for path, text, reason in iter_captions(model.encoder, model.decoder, model.vocab, paths, model.image_size,
+                                                args.beam, model.max_len, args.length_penalty, args.batch_size,
+                                                args.num_workers, attention_dir=args.attention):
             if reason is None:
                 tqdm.write(f"{path}\t{text}", file=sys.stdout)
             else:

@@ -536,3 +536,327 @@ def converted_split(source, split, converted_dir=None):
             extra = f" ({file} {'names no usable image' if file.exists() else 'is absent'})"
         raise FileNotFoundError(f"{source.root} ({source.kind}) has no {split!r} split{extra}; it has: {have}")
     return Path(manifest["image_dir"]), output_dir(source, converted_dir) / manifest["splits"][split]
+
+
+# ===================================================================================================
+# Downloads: `python data_sources.py download flickr8k --dest data/flickr8k` (or coco)
+# ===================================================================================================
+# The public archives, fetched to a temporary name and renamed when whole, checked, then unpacked into the
+# layout that --data-root reads. urllib does the fetching: torch.hub.download_url_to_file and torchvision's
+# download_url delete a partial file on failure (an 18 GB COCO zip would start again from zero) and accept a
+# connection that closes early as a whole file; here a short body is an error, and a rerun asks the server for
+# the rest (an HTTP Range request) or, when the server does not do ranges, starts the file over.
+# zipfile checks every member's CRC while extracting. No official checksums exist: the SHA-256 of each zip is
+# recorded in the finished download's marker file (dest/.download-<dataset>.json), so two copies can be compared.
+import http.client
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import PurePosixPath
+
+from tqdm.auto import tqdm
+
+FLICKR8K_URL = "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k"
+COCO_IMAGES_URL = "http://images.cocodataset.org/zips"
+COCO_ANNOTATIONS_URL = "http://images.cocodataset.org/annotations"
+DOWNLOAD_TIMEOUT_S = 60  # seconds without a byte before a download counts as cut
+CHUNK = 1 << 20  # bytes read and written at a time
+PARTIAL = ".part"  # the suffix of a file being downloaded: never read as an archive
+SKIPPED_MEMBERS = ("__MACOSX/", ".DS_Store", "Thumbs.db")  # what macOS and Windows zip tools add
+
+
+@dataclass(frozen=True)
+class Archive:
+    """One zip of a dataset: where it comes from, its approximate size, and where its contents go."""
+    file: str  # its name, at the base URL (or --mirror) and in --dest while it waits to be unpacked
+    base_url: str
+    size: str  # said before downloading
+    folder: str  # under --dest; a single top folder inside the zip is replaced by this one
+    needs: tuple  # file names (or ".jpg": any JPEG) the zip must hold, or it is refused before unpacking
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    name: str
+    archives: tuple
+    counts: object  # function(dest) -> {what: number}, counted after unpacking
+    official: dict  # the published counts; a difference is a warning
+    required: tuple  # counts that must not be zero
+
+
+def flickr8k_counts(dest):
+    images = dest / FLICKR_IMAGES[0]
+    tokens = dest / FLICKR_TEXT / FLICKR_TOKENS
+    n_images = sum(1 for n in list_images(images) if n.lower().endswith(".jpg")) if images.is_dir() else 0
+    n_lines = sum(1 for line in tokens.read_bytes().splitlines() if line.strip()) if tokens.is_file() else 0
+    return {"images": n_images, "caption lines": n_lines}
+
+
+def coco_counts(dest):
+    count = lambda d: len([n for n in list_images(d) if n.lower().endswith(".jpg")]) if d.is_dir() else 0
+    annotations = dest / "annotations"
+    return {"train2017 images": count(dest / "train2017"), "val2017 images": count(dest / "val2017"),
+            "caption files": sum((annotations / f"captions_{s}2017.json").is_file() for s in ("train", "val"))}
+
+
+DOWNLOADS = {
+    "flickr8k": DownloadSpec(
+        "Flickr8k",
+        (Archive("Flickr8k_Dataset.zip", FLICKR8K_URL, "1.1 GB", FLICKR_IMAGES[0], (".jpg",)),
+         Archive("Flickr8k_text.zip", FLICKR8K_URL, "2.3 MB", FLICKR_TEXT, (FLICKR_TOKENS,))),
+        flickr8k_counts, {"images": 8091, "caption lines": 40460}, ("images", "caption lines")),
+    "coco": DownloadSpec(
+        "COCO 2017",
+        (Archive("train2017.zip", COCO_IMAGES_URL, "18 GB", "train2017", (".jpg",)),
+         Archive("val2017.zip", COCO_IMAGES_URL, "1 GB", "val2017", (".jpg",)),
+         Archive("annotations_trainval2017.zip", COCO_ANNOTATIONS_URL, "241 MB", "annotations",
+                 ("captions_train2017.json", "captions_val2017.json"))),
+        coco_counts, {"train2017 images": 118287, "val2017 images": 5000, "caption files": 2},
+        ("train2017 images", "val2017 images", "caption files")),
+}
+
+
+class DownloadError(RuntimeError):
+    """A download or an archive that cannot be used; the message says what to do."""
+
+
+class Offline(DownloadError):
+    """The server cannot be reached at all."""
+
+
+def archive_url(archive, mirror=None):
+    return f"{(mirror or archive.base_url).rstrip('/')}/{archive.file}"
+
+
+def fetch(url, path, progress=True):
+    """Download url to path through path + PARTIAL, renamed when every byte has arrived.
+
+    A PARTIAL file left by an earlier attempt is continued with a Range request; a server that answers with
+    the whole file instead (status 200) has it written from the start. A body shorter than its Content-Length
+    raises DownloadError and keeps the PARTIAL file for the next attempt.
+    """
+    path = Path(path)
+    part = path.with_name(path.name + PARTIAL)
+    have = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the range starts at the end: the partial file is probably whole; redo it
+            part.unlink()
+            return fetch(url, path, progress)
+        raise DownloadError(f"{url}: the server answered {e.code} {e.reason}; check the URL (or --mirror)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise Offline(f"cannot reach {url} ({reason})") from None
+    with response:
+        resumed = have and response.status == 206
+        if not resumed:
+            have = 0  # a fresh start: the server sent the whole file
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length is not None else None
+        got = have
+        bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, unit_divisor=1024, desc=path.name,
+                   disable=None if progress else True, leave=False)
+        try:
+            with open(part, "ab" if resumed else "wb") as f:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    got += len(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            raise DownloadError(f"{url}: the download was cut after {got:,} bytes ({type(e).__name__}); "
+                                "run the command again to continue it") from None
+        finally:
+            bar.close()
+    if total is not None and got < total:
+        raise DownloadError(f"{url}: the connection closed after {got:,} of {total:,} bytes; run the command again "
+                            "to continue the download")
+    os.replace(part, path)
+    return path
+
+
+def member_path(name):
+    """A zip member's name as a relative POSIX path, or DownloadError for one that would leave the destination
+    (an absolute path, a drive letter, or a `..` part)."""
+    clean = name.replace("\\", "/")
+    parts = PurePosixPath(clean).parts
+    if clean.startswith("/") or (parts and ":" in parts[0]) or ".." in parts:
+        raise DownloadError(f"refused: the archive member {name!r} would be written outside the destination")
+    return PurePosixPath(*[p for p in parts if p not in ("", ".")])
+
+
+def archive_members(zf):
+    """{member: relative path under the archive's folder}: files only, without macOS/Windows extras, and with a
+    single top folder (if every file sits in one) removed, so that both ways of zipping land in one place."""
+    files = {}
+    for info in zf.infolist():
+        rel = member_path(info.filename)
+        if info.is_dir() or not rel.parts or rel.name.startswith("._") or \
+                any(s.rstrip("/") in rel.parts for s in SKIPPED_MEMBERS):
+            continue
+        files[info] = rel
+    tops = {rel.parts[0] for rel in files.values()}
+    if len(tops) == 1 and all(len(rel.parts) > 1 for rel in files.values()):
+        files = {info: PurePosixPath(*rel.parts[1:]) for info, rel in files.items()}
+    return files
+
+
+def open_archive(path, archive):
+    """The zip file and its members, checked: readable, member names safe, the needed files present."""
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DownloadError(f"{path} is not a readable zip archive ({e}); delete it and run the command again to "
+                            "download it anew") from None
+    try:
+        members = archive_members(zf)
+    except DownloadError as e:
+        zf.close()
+        raise DownloadError(f"{path}: {e}") from None
+    names = {rel.name for rel in members.values()}
+    missing = [n for n in archive.needs if not (any(x.lower().endswith(n) for x in names) if n.startswith(".")
+                                               else n in names)]
+    if missing:
+        zf.close()
+        what = ", ".join("image files (*.jpg)" if n.startswith(".") else n for n in missing)
+        raise DownloadError(f"{path} holds no {what}: it is not the {archive.file} this dataset needs")
+    return zf, members
+
+
+def extract(path, archive, dest):
+    """Unpack an archive into dest/archive.folder, each file through a temporary name; returns the file count."""
+    zf, members = open_archive(path, archive)
+    root = (Path(dest) / archive.folder).resolve()
+    with zf:
+        for info, rel in tqdm(members.items(), desc=f"unpacking {archive.file}", unit="file", leave=False,
+                              disable=None):
+            target = root.joinpath(*rel.parts)
+            if root not in target.resolve().parents:  # member_path refused `..`; a symlinked folder must not leak
+                raise DownloadError(f"refused: {info.filename!r} would be written outside {root}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+            try:
+                with zf.open(info) as src, open(tmp, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+                os.replace(tmp, target)
+            except zipfile.BadZipFile as e:  # a CRC mismatch: the download is damaged
+                raise DownloadError(f"{path} is damaged ({e}); delete it and run the command again") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+    return len(members)
+
+
+def done_marker(dest, key):
+    return Path(dest) / f".download-{key}.json"
+
+
+def by_hand_message(spec, dest, mirror, reason):
+    """What to do without network: each file, its URL, and where to put it."""
+    lines = [f"{reason}. Without network, download these files by hand and put them in {dest}/:"]
+    lines += [f"  {a.file} ({a.size}) from {archive_url(a, mirror)}" for a in spec.archives]
+    lines.append("then run this command again: it unpacks and checks them there")
+    return "\n".join(lines)
+
+
+def check_counts(spec, dest):
+    """Count what was unpacked; warn when it differs from the official counts, fail when a needed part is empty."""
+    counts = spec.counts(Path(dest))
+    print(f"{dest}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
+    for key, official in spec.official.items():
+        if counts[key] != official:
+            print(f"warning: {counts[key]:,} {key}, but the official {spec.name} has {official:,}; the download or "
+                  "the archive may be incomplete (delete the folder and download again if this is unexpected)")
+    empty = [k for k in spec.required if not counts[k]]
+    if empty:
+        raise DownloadError(f"{dest} holds no {', '.join(empty)} after unpacking; delete the zips there and run the "
+                            "command again")
+    return counts
+
+
+def already_there(key, dest):
+    """Whether dest already holds the dataset: a finished download, or a layout that --data-root reads."""
+    if done_marker(dest, key).is_file():
+        return True
+    if key == "flickr8k":
+        source = detect(dest) if Path(dest).is_dir() else None
+        return source is not None and source.kind in ("flickr8k", "kaggle")
+    return all((Path(dest) / a.folder).is_dir() for a in DOWNLOADS[key].archives)
+
+
+def download(key, dest, mirror=None, keep_zips=False, progress=True):
+    """Download, check and unpack a dataset into dest; returns its counts (None when it was already there).
+
+    Each zip goes to dest/<file> (through a .part name), is checked (readable, safe member names, the needed
+    files present), unpacked, and deleted unless keep_zips. A marker file written last says the whole dataset is
+    in place, so a rerun after success does nothing; a zip put in dest by hand is used as it is.
+    """
+    spec = DOWNLOADS[key]
+    dest = Path(dest)
+    if already_there(key, dest):
+        print(f"{dest} already holds {spec.name}; nothing to download")
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    todo = [a for a in spec.archives if not (dest / a.file).is_file()]
+    if todo:
+        print(f"downloading {spec.name} into {dest}: " + ", ".join(f"{a.file} (~{a.size})" for a in todo))
+    for archive in spec.archives:
+        path = dest / archive.file
+        if not path.is_file():
+            try:
+                fetch(archive_url(archive, mirror), path, progress)
+            except Offline as e:
+                raise Offline(by_hand_message(spec, dest, mirror, str(e))) from None
+        open_archive(path, archive)[0].close()  # every zip is checked before any is unpacked
+    files = {}
+    for archive in spec.archives:
+        path = dest / archive.file
+        with open(path, "rb") as f:  # no official checksums exist: this one lets two copies be compared
+            files[archive.file] = {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+        n = extract(path, archive, dest)
+        print(f"unpacked {n:,} files of {archive.file} ({files[archive.file]['bytes']:,} bytes, sha256 "
+              f"{files[archive.file]['sha256'][:16]}...) into {dest / archive.folder}")
+    counts = check_counts(spec, dest)
+    atomic_write_json({"dataset": spec.name, "counts": counts, "files": files,
+                       "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, done_marker(dest, key))
+    if not keep_zips:
+        for archive in spec.archives:
+            (dest / archive.file).unlink(missing_ok=True)
+    print(f"{spec.name} is ready: use --data-root {dest}")
+    return counts
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Public caption datasets: download them into the layout that "
+                                                 "--data-root reads.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    get = commands.add_parser("download", help="download, check and unpack a dataset",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    get.add_argument("dataset", choices=sorted(DOWNLOADS),
+                     help="flickr8k: Flickr8k_Dataset.zip (~1.1 GB) and Flickr8k_text.zip; coco: train2017.zip "
+                          "(~18 GB), val2017.zip (~1 GB), annotations_trainval2017.zip (~241 MB)")
+    get.add_argument("--dest", default=None, help="folder to unpack into; None: data/<dataset>")
+    get.add_argument("--mirror", default=None,
+                     help="a base URL that replaces the official ones; the files' names are kept (URL/<file>)")
+    get.add_argument("--keep-zips", action="store_true", help="keep the zip files after unpacking them")
+    args = parser.parse_args(argv)
+    dest = args.dest or f"data/{args.dataset}"
+    try:
+        download(args.dataset, dest, args.mirror, args.keep_zips)
+    except (DownloadError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from data_loader import CocoCaptionDataset, data_defaults, find_split, load_coco, train_captions_file
 from features import cached_features, compute_features
+import model_card
 from metrics import (BACKENDS, SPICE_NOTE, Scores, caption_diagnostics, caption_metrics, diagnostics_lines,
                      meteor_missing_reason, scores_table)
 from model import (NO_END_AFTER, caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint,
@@ -126,6 +127,7 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
                     max_len=max_len, length_penalty=length_penalty, word_rules=word_rules, n_images=len(captions),
                     diagnostics=scores.diagnostics)
         write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
+        model_card.add_scores(checkpoint, {**info, "scores": dict(scores)})  # its row on MODEL_CARD.md
     return scores, captions
 
 

@@ -41,6 +41,7 @@ from features import atomic_save, cached_features, compute_features
 from metrics import caption_metrics
 from model import (CHECKPOINT_FORMAT, AttentionDecoder, attention_penalty, autocast, build_model, get_device,
                    greedy_search, load_state, read_checkpoint, set_seed, word_rules)
+import model_card
 import scst
 from vocabulary import Vocabulary, load_or_build_vocab
 
@@ -609,6 +610,7 @@ def train(cfg):
     the run, `make_config(resume=RUN, epochs=30)`, as `train.py --resume RUN --epochs 30` does; a bare
     `TrainConfig(resume=RUN)` holds TrainConfig's defaults, which a refusal names if they differ from the run's.
     """
+    started = time.time()  # the whole run's wall time goes on the model card
     ckpt = init = None
     if cfg.resume:
         cfg, ckpt = resume_config(cfg.resume, asdict(cfg))
@@ -698,7 +700,10 @@ def train(cfg):
                     atomic_save(ckpt_dict, run_dir / "last.pt")
                 if improved:
                     atomic_save(ckpt_dict, run_dir / "best.pt")
+                    model_card.write_card(run_dir, asdict(TrainConfig()))  # MODEL_CARD.md beside best.pt
         barrier(world_size)
+    if rank == 0:
+        model_card.finish_training(run_dir, time.time() - started, device)
     if world_size > 1:
         dist.destroy_process_group()
     return run_dir if rank == 0 else None

@@ -489,3 +489,76 @@ def _score_lines(scores, indent="  "):
         else:
             out.append(f"{indent}{key:<{width}}  {value}")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# `make photos` and 3_Inference's own-photo cell: your pictures, captioned
+# ---------------------------------------------------------------------------------------------------
+def photo_figures(checkpoint, folders=("images",), out_dir="outputs", beam=3):
+    """Write out_dir/photos_<folder>.png for each folder (its pictures with their greedy and beam captions) and,
+    for a model with attention, out_dir/attention/<folder>_<picture>.png (one panel per word); returns the paths."""
+    from caption import image_files
+    from captioner import ImageCaptioner
+    from heatmaps import save_png
+
+    out_dir, written, used = Path(out_dir), [], set()
+    captioner = ImageCaptioner(checkpoint)
+    for folder in folders:
+        name = Path(folder).resolve().name
+        while name in used:  # two folders of one name: photos_x.png, photos_x-2.png
+            name += "-2"
+        used.add(name)
+        fig = own_images(checkpoint, images_dir=folder, beam=beam,
+                         title=f"{folder}/ captioned by {Path(checkpoint).parent.name}/{Path(checkpoint).name}\n"
+                               f"{captioner.trained_on}")
+        written.append(save_figure(fig, out_dir / f"photos_{name}.png", dpi=80))
+        plt.close(fig)
+        if captioner.has_attention:
+            for path in image_files([folder]):
+                written.append(save_png(captioner.attention_figure(path), out_dir / "attention" / f"{name}_{path.stem}.png"))
+    return written
+
+
+def show_photo(captioner, photo, beam=3):
+    """One picture (a path or a PIL image) with its greedy and beam captions, and, for a model with attention,
+    where each word of the beam caption looked: the figures, for a notebook to show."""
+    image = _open(photo).convert("RGB")
+    greedy, beamed = captioner(image), captioner(image, beam=beam)
+    label = f"greedy: {greedy}\nbeam {beam}: {beamed}"
+    name = Path(photo).name if isinstance(photo, (str, Path)) else getattr(photo, "name", None)
+    figures = [caption_grid([image], [label], ncols=1, cell_inches=4.0, title=name)]
+    if captioner.has_attention:
+        figures.append(captioner.attention_figure(image, beam=beam))
+    return figures
+
+
+def photo_upload(captioner, beam=3):
+    """An upload button (ipywidgets) whose pictures are captioned below it as they arrive, or None without
+    ipywidgets. Under papermill nobody uploads: the widget is drawn and nothing else happens."""
+    try:
+        import ipywidgets as widgets
+        from IPython.display import display
+    except ImportError:
+        return None
+    import io
+
+    upload = widgets.FileUpload(accept="image/*", multiple=False, description="your photo")
+    out = widgets.Output()
+
+    def on_upload(change):
+        out.clear_output()
+        with out:
+            for item in change["new"]:
+                try:
+                    image = Image.open(io.BytesIO(bytes(item["content"])))
+                    image.load()
+                except Exception as e:  # anything PIL cannot read: say so, keep the widget alive
+                    print(f"{item.get('name', 'the file')}: not a picture PIL can read ({e})")
+                    continue
+                image.name = item.get("name", "upload")
+                for fig in show_photo(captioner, image, beam):
+                    display(fig)
+                    plt.close(fig)
+
+    upload.observe(on_upload, names="value")
+    return widgets.VBox([upload, out])

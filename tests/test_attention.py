@@ -401,6 +401,9 @@ def test_inference_notebook_draws_the_attention(attention_run, tmp_path, monkeyp
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     photos = [p for p in (repo / "images").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")]
-    # The test grid and the own-images grid, 2 test images' attention figures, and one per sample photo.
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2 + 2 + len(photos)
+    # The test grid and the own-images grid, 2 test images' attention figures, one per sample photo, and
+    # section 6's photo: its captions and its attention.
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 2 + 2 + len(photos) + 2
+    own = [o for c in nb.cells if c.get("id") == "own-photo-code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in own) == 2
     assert "has no attention" not in "".join(o.get("text", "") for o in outputs)

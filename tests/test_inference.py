@@ -367,13 +367,23 @@ def test_notebook_runs_top_to_bottom_in_smoke_mode(checkpoint, tmp_path, monkeyp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out_dir = tmp_path / "outputs"
     executed = tmp_path / "3_Inference.ipynb"
+    photo = tmp_path / "my photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(photo)
     papermill.execute_notebook(str(NOTEBOOK), str(executed), cwd=str(REPO_ROOT), kernel_name="python3",
                                progress_bar=False, parameters=dict(CHECKPOINT=str(checkpoint), N_IMAGES=4,
-                                                                   OUTPUT_DIR=str(out_dir), METRICS_BACKEND="python"))
+                                                                   OUTPUT_DIR=str(out_dir), METRICS_BACKEND="python",
+                                                                   MY_PHOTO=str(photo)))
     nb = nbformat.read(executed, as_version=4)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2  # the test grid and your own images
+    assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the test grid, your own images, your photo
+    # Section 6: the photo named in MY_PHOTO, captioned inline by the hub's object, which says what it learnt from;
+    # the upload button is drawn, and under papermill nothing more happens.
+    own = next(c for c in nb.cells if c.get("id") == "own-photo-code")
+    assert any("trained on the built-in shapes set" in o.get("text", "") for o in own.outputs)
+    assert sum("image/png" in o.get("data", {}) for o in own.outputs) == 1  # an lstm model: no attention figure
+    upload = next(c for c in nb.cells if c.get("id") == "own-photo-upload")
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in upload.outputs)
     tables = [o.data["text/markdown"] for o in outputs if "text/markdown" in o.get("data", {})]
     assert len(tables) == 1 and "| metric | greedy | beam 3 |" in tables[0]
     cider = next(line for line in tables[0].splitlines() if line.startswith("| CIDEr |"))

@@ -1,0 +1,64 @@
+"""`make photos` end to end on a tiny Flickr8k folder given as DATA_ROOT (nothing downloaded), with the run shrunk
+through TRAIN_ARGS; then again, reusing the finished run."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+from test_data_sources import make_flickr, write_images
+
+VENV = Path(sys.executable).parent.parent  # the venv running the tests: make neither creates nor reinstalls it
+
+
+def make_photos(tmp_path, **variables):
+    tiny = (f"--epochs 1 --scst-epochs 1 --scst-samples 2 --image-size 64 --embed-size 16 --hidden-size 32 "
+            f"--vocab-threshold 1 --batch-size 16 --num-workers 0 --cache-dir {tmp_path / 'cache'}")
+    settings = dict(VENV=str(VENV), PYTHON=sys.executable, DATA_ROOT=str(tmp_path / "flickr8k"),
+                    OUT_DIR=str(tmp_path / "runs"), PHOTOS_OUT=str(tmp_path / "outputs"), TRAIN_ARGS=tiny,
+                    EVAL_ARGS="--backend python --num-workers 0", **variables)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SHOW_TELL_CONVERTED_DIR": str(tmp_path / "converted"),
+           "MPLBACKEND": "Agg"}
+    return subprocess.run(["make", "--no-print-directory", "photos", *(f"{k}={v}" for k, v in settings.items())],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_photos_trains_scores_captions_and_writes_the_card(tmp_path):
+    make_flickr(tmp_path / "flickr8k", size=(64, 48))
+    write_images(tmp_path / "holiday", ["beach.jpg", "hill.jpg"], size=(80, 60))
+    done = make_photos(tmp_path, PHOTOS=str(tmp_path / "holiday"))
+    out = done.stdout
+    assert done.returncode == 0, (out + done.stderr)[-3000:]
+    assert "already holds Flickr8k; nothing to download" in out
+    run = tmp_path / "runs" / "photos-flickr8k-best"
+    config = json.loads((run / "config.json").read_text())
+    assert config["scst_epochs"] == 1 and config["feature_norm"] and config["data_root"] == str(tmp_path / "flickr8k")
+    # Captions of the repository's photos and of PHOTOS, one line each.
+    captioned = [Path(line.split("\t")[0]).name for line in out.splitlines() if "\t" in line]
+    photos = sorted(p.name for p in (REPO_ROOT / "images").glob("*.jpg"))
+    assert captioned == photos + ["beach.jpg", "hill.jpg"]
+    assert "trained on Flickr8k (6 train images)" in done.stderr  # caption.py's line
+    # The figures, the card beside best.pt holding the val scores, the time taken.
+    for figure in ("photos_images.png", "photos_holiday.png"):
+        assert (tmp_path / "outputs" / figure).stat().st_size > 1000
+    assert f"== model card: {run}/MODEL_CARD.md" in out and (run / "best.pt").is_file()
+    card = (run / "MODEL_CARD.md").read_text()
+    record = json.loads((run / "scores_val_beam3.json").read_text())
+    row = next(line for line in card.splitlines() if line.startswith("| val | 3 | 2 |"))
+    assert f"| {record['scores']['CIDEr']:.3f} |" in row and f"| {record['scores']['Bleu_4']:.3f} |" in row
+    assert "| train | 6 | 30 |" in card and "whole run, feature caching included" in card
+    assert re.search(r"^== make photos: done in \d+ min \d\d s$", out, flags=re.M)
+
+    # Again: the finished run is reused, its val scores too; the captions are the same.
+    again = make_photos(tmp_path, PHOTOS=str(tmp_path / "holiday"))
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert f"== {run} is a finished run: training skipped" in again.stdout
+    assert "the val split is already scored" in again.stdout
+    assert [l for l in again.stdout.splitlines() if "\t" in l] == [l for l in out.splitlines() if "\t" in l]
