@@ -223,7 +223,8 @@ def data_defaults(data_root):
                     a data_sources layout: 'flickr8k', 'kaggle', 'karpathy'
         preset      the train.PRESETS entry made for that data: 'shapes-cpu' (the demo recipe, best.pt by
                     object F1, which only shapes has), 'flickr8k' (the real-photograph recipe) for the
-                    data_sources layouts, or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr)
+                    data_sources layouts, or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr) for COCO in
+                    its own layout or Karpathy's dataset_coco.json
         eval_split  the split to score: 'test' when the root has test captions (shapes; Flickr8k with its test
                     split file), else 'val' (COCO's test split has no public captions)
     One place to teach the defaults a new kind of data: add it here, and its preset to train.PRESETS.
@@ -234,7 +235,9 @@ def data_defaults(data_root):
     source = None if shapes or coco else data_sources.detect(root)
     if source is not None:
         has_test = "test" in data_sources.convert(source)["splits"]
-        return {"kind": source.kind, "preset": "flickr8k", "eval_split": "test" if has_test else "val"}
+        coco_photos = source.kind == "karpathy" and Path(source.root).name == "dataset_coco.json"
+        return {"kind": source.kind, "preset": "coco" if coco_photos else "flickr8k",
+                "eval_split": "test" if has_test else "val"}
     has_test = shapes or any((root / "annotations" / f"captions_test{y}.json").is_file() for y in YEARS)
     return {"kind": "shapes" if shapes else "coco", "preset": "shapes-cpu" if shapes else "coco",
             "eval_split": "test" if has_test else "val"}

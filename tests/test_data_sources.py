@@ -543,3 +543,10 @@ def test_data_defaults_pick_the_flickr8k_preset_and_the_split_to_score(tmp_path)
     assert dl.data_defaults(kaggle) == {"kind": "kaggle", "preset": "flickr8k", "eval_split": "test"}
     cfg = make_config(AUTO_PRESET, data_root=str(without))
     assert cfg.decoder_dropout == PRESETS["flickr8k"]["decoder_dropout"] and cfg.best_metric == "CIDEr"
+    # Karpathy's COCO split is COCO's photographs: the coco preset, wherever the JSON lies
+    coco_json, _ = make_karpathy(tmp_path / "karpathy-coco", file="dataset_coco.json", coco=True)
+    for root in (coco_json, coco_json.parent):
+        assert dl.data_defaults(root) == {"kind": "karpathy", "preset": "coco", "eval_split": "test"}
+        assert make_config(AUTO_PRESET, data_root=str(root)).backbone == PRESETS["coco"]["backbone"]
+    flickr_json, _ = make_karpathy(tmp_path / "karpathy-8k")
+    assert dl.data_defaults(flickr_json)["preset"] == "flickr8k"
