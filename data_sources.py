@@ -265,8 +265,8 @@ def read_kaggle(source):
         ds.splits = fixed_split(ds.captions)
         sizes = " / ".join(f"{len(v):,}" for v in ds.splits.values())
         ds.notes.append(f"{path}: no official split files beside it ({', '.join(FLICKR_SPLIT_FILES.values())}), so "
-                        f"the images are split {sizes} (train / val / test) by a hash of each file name. This is NOT the "
-                        "official Flickr8k split: scores are not comparable with published ones")
+                        f"the images are split {sizes} (train / val / test) by a hash of each file name. This is NOT "
+                        "the official Flickr8k split: scores are not comparable with published ones")
     return ds
 
 

@@ -490,6 +490,7 @@ def test_shared_flickr8k(flickr8k, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # The issue's two commands, end to end, on a Flickr8k folder that holds a test split
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")  # --backend python: no METEOR
 def test_flickr8k_preset_trains_and_evaluate_scores_the_test_split(tmp_path, capsys):
     """train.py --preset flickr8k, then evaluate.py --split test --beam 3 --out EVAL, as the issue runs them
     (sizes shrunk so that it takes seconds): EVAL/scores_test_beam3.json holds every metric, METEOR with Java."""
@@ -516,6 +517,22 @@ def test_flickr8k_preset_trains_and_evaluate_scores_the_test_split(tmp_path, cap
     captions = json.loads((out / "captions_test_beam3.json").read_text())
     test_ids = {im["id"] for im in load(dl.find_split(root, "test")[1])["images"]}
     assert {c["image_id"] for c in captions} == test_ids
+    assert record["chosen_on_this_split"] is False and record["images_trained_on"] == 0
+    # the dev split chose best.pt: its scores say so, whichever way the data root is written
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(run / "tiny" / "best.pt"), "--data-root", str(root) + "/",
+                          "--split", "val", "--out", str(out), "--backend", "python"]) == 0
+    assert "chosen on these val images (its validation split), so these scores are optimistic" in \
+        capsys.readouterr().out
+    assert json.loads((out / "scores_val_beam1.json").read_text())["chosen_on_this_split"] is True
+    # a split redrawn after training: two training images moved to test are counted
+    text = root / "Flickr8k_text"
+    (text / ds.FLICKR_SPLIT_FILES["train"]).write_text("\n".join(splits["train"][2:]) + "\n")
+    (text / ds.FLICKR_SPLIT_FILES["test"]).write_text("\n".join(splits["test"] + splits["train"][:2]) + "\n")
+    assert evaluate.main(["--checkpoint", str(run / "tiny" / "best.pt"), "--data-root", str(root), "--split", "test",
+                          "--out", str(out), "--backend", "python"]) == 0
+    assert "warning: 2 of these 5 test images are among those the checkpoint was trained on" in capsys.readouterr().out
+    assert json.loads((out / "scores_test_beam1.json").read_text())["images_trained_on"] == 2
 
 
 def test_dataset_notebook_on_shared_flickr8k(flickr8k, tmp_path, monkeypatch):
