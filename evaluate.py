@@ -20,10 +20,13 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from data_loader import CocoCaptionDataset, data_defaults, find_split, images_among, load_coco
+from data_loader import CocoCaptionDataset, data_defaults, find_split, images_among, load_coco, train_captions_file
 from features import cached_features, compute_features
-from metrics import BACKENDS, SPICE_NOTE, Scores, caption_metrics, meteor_missing_reason, scores_table
-from model import caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint, read_checkpoint
+from metrics import (BACKENDS, SPICE_NOTE, Scores, caption_diagnostics, caption_metrics, diagnostics_lines,
+                     meteor_missing_reason, scores_table)
+from model import (NO_END_AFTER, caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint,
+                   read_checkpoint)
+from vocabulary import read_captions
 
 DEFAULT_CACHE_DIR = "data/cache"  # as TrainConfig.cache_dir, for checkpoints whose config does not say
 DEFAULT_NUM_WORKERS = 2
@@ -110,7 +113,8 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     """Caption every usable image of a split with a checkpoint, score the captions and (save) write them.
 
     Returns (scores, captions): scores is a Scores dict (Bleu_1..4, METEOR, ROUGE_L, CIDEr, and on shapes
-    data object_f1 and object_exact; `.missing` says why any is absent), captions {image_id: caption}.
+    data object_f1 and object_exact; `.missing` says why any is absent; `.diagnostics`, what the scores hide:
+    metrics.caption_diagnostics), captions {image_id: caption}.
     split None: default_split of the data root (test on shapes, val on COCO);
     max_len None: the checkpoint's training max_len; data_root None: the checkpoint's; out_dir None: the
     checkpoint's folder, which receives captions_<split>_beam<k>.json (COCO results format) and
@@ -145,13 +149,22 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     values = caption_metrics(dataset, captions, settings["data_root"], split, metrics=None, backend=backend)
     missing = {} if "METEOR" in values else {"METEOR": meteor_missing_reason()}
     scores = Scores(values, {**missing, "SPICE": SPICE_NOTE})
+    scores.diagnostics = caption_diagnostics(captions, training_captions(settings["data_root"]), NO_END_AFTER)
     if save:
         info = dict(checkpoint=str(checkpoint), data_root=str(settings["data_root"]), split=split, beam=beam,
                     max_len=max_len, length_penalty=length_penalty, n_images=len(captions),
                     chosen_on_this_split=bool(chosen), images_chosen_on=chosen, images_trained_on=trained,
-                    notes=notes)
+                    notes=notes, diagnostics=scores.diagnostics)
         write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
     return scores, captions
+
+
+def training_captions(data_root):
+    """The training split's raw captions, to count the captions that copy one; () when the root has none."""
+    try:
+        return read_captions(train_captions_file(data_root))
+    except (FileNotFoundError, ValueError):
+        return ()
 
 
 def write_results(out_dir, split, beam, captions, scores, info=None):
@@ -222,6 +235,7 @@ def main(argv=None):
     name = "greedy" if args.beam == 1 else f"beam {args.beam}"
     print(f"{checkpoint}: {len(captions)} {args.split} images\n")
     print(scores_table({name: scores}))
+    print("\n" + "\n".join(diagnostics_lines(scores.diagnostics)))
     captions_file, scores_file = output_paths(args.out or Path(checkpoint).parent, args.split, args.beam)
     print(f"\nwrote {captions_file} and {scores_file}")
     return 0

@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence
 
 from shapes_dataset import load_ground_truth, object_f1
+from vocabulary import UNK, tokenize
 
 # ---------------------------------------------------------------------------------------------------------
 # Public names and constants
@@ -582,6 +583,38 @@ def caption_metrics(dataset, candidates, data_root, split, metrics=("Bleu", "CID
         f1 = object_f1(candidates, {i: truth[i] for i in candidates})
         out.update(object_f1=f1["f1"], object_exact=f1["exact"])
     return out
+
+
+def caption_diagnostics(captions: Mapping[Hashable, str], training_captions: Iterable[str] = (),
+                        no_end_words: Iterable[str] = (), top: int = 5) -> dict:
+    """What a score hides about {image_id: caption}: how many differ, how many copy a training caption word for
+    word (training_captions: raw strings, tokenized here as the vocabulary tokenizes), how many words they use,
+    their mean length in words, how many hold <unk> or end on one of no_end_words, and the `top` most repeated.
+    copied_share is None without training captions."""
+    texts = list(captions.values())
+    if not texts:
+        raise ValueError("caption_diagnostics needs at least one caption")
+    words = [t.split() for t in texts]
+    counts = Counter(texts)
+    seen = {" ".join(tokenize(c)) for c in training_captions}
+    no_end = set(no_end_words)
+    return {"captions": len(texts), "distinct": len(counts),
+            "copied_share": sum(t in seen for t in texts) / len(texts) if seen else None,
+            "words_used": len({w for ws in words for w in ws}),
+            "mean_length": sum(map(len, words)) / len(texts),
+            "with_unk": sum(UNK in ws for ws in words),
+            "bad_endings": sum(bool(ws) and ws[-1] in no_end for ws in words),
+            "most_repeated": [[text, n] for text, n in counts.most_common(top) if n > 1]}
+
+
+def diagnostics_lines(d: Mapping) -> list[str]:
+    """caption_diagnostics as a few readable lines, for the command line."""
+    copied = "n/a (no training captions)" if d["copied_share"] is None else f"{d['copied_share']:.1%}"
+    lines = [f"{d['distinct']:,} distinct captions of {d['captions']:,}; {copied} copy a training caption; "
+             f"{d['words_used']:,} words used; mean length {d['mean_length']:.1f} words; "
+             f"{d['with_unk']} with {UNK}; {d['bad_endings']} ending on an article or a preposition"]
+    lines += [f"  {n:>4} x  {text}" for text, n in d["most_repeated"]]
+    return lines
 
 
 def scores_table(columns: Mapping[str, Mapping[str, float]], digits: int = 3) -> str:

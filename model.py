@@ -314,11 +314,12 @@ class DecoderRNN(nn.Module):
     """
 
     def __init__(self, embed_size=100, hidden_size=512, vocab_size=None, num_layers=1, start_id=0, end_id=1,
-                 dropout=0.0, image_every_step=False, decoder_dropout=0.0):
+                 dropout=0.0, image_every_step=False, decoder_dropout=0.0, banned_ids=(), no_end_after=()):
         super().__init__()
         if not vocab_size:
             raise ValueError("DecoderRNN needs vocab_size (len(vocab))")
         self.vocab_size, self.start_id, self.end_id = vocab_size, start_id, end_id
+        register_word_rules(self, banned_ids, no_end_after)
         self.image_every_step = image_every_step
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.lstm = nn.LSTM(embed_size * (2 if image_every_step else 1), hidden_size, num_layers, batch_first=True,
@@ -372,7 +373,10 @@ class DecoderRNN(nn.Module):
         with torch.no_grad():
             for _ in range(max_len):
                 hidden, states = self.lstm(self._with_image(inputs, image), states)  # (1, 1, H)
-                word = self.fc(hidden.squeeze(1)).argmax(1)  # (1,)
+                scores = self.fc(hidden.squeeze(1))  # (1, V)
+                if ids:  # step 0 predicts <start>, which the rules forbid later on
+                    scores = allowed_scores(self, scores, torch.tensor(ids[-1:], device=scores.device))
+                word = scores.argmax(1)  # (1,)
                 ids.append(int(word))
                 if ids[-1] == self.end_id:
                     break
@@ -437,7 +441,7 @@ class AttentionDecoder(nn.Module):
     """
 
     def __init__(self, embed_size=100, hidden_size=512, vocab_size=None, attention_size=None, feature_size=None,
-                 start_id=0, end_id=1, dropout=0.0, word_out=True):
+                 start_id=0, end_id=1, dropout=0.0, word_out=True, banned_ids=(), no_end_after=()):
         super().__init__()
         if not vocab_size:
             raise ValueError("AttentionDecoder needs vocab_size (len(vocab))")
@@ -445,6 +449,7 @@ class AttentionDecoder(nn.Module):
         feature_size = feature_size or embed_size
         attention_size = attention_size or hidden_size
         self.vocab_size, self.start_id, self.end_id = vocab_size, start_id, end_id
+        register_word_rules(self, banned_ids, no_end_after)
         self.embed = nn.Embedding(vocab_size, embed_size)
         self.attention = SoftAttention(feature_size, hidden_size, attention_size)
         self.init_h = nn.Linear(feature_size, hidden_size)
@@ -532,6 +537,44 @@ def attention_penalty(alpha, real=None):
 # ---------------------------------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------------------------------
+# Words a sentence does not end on: articles, prepositions, conjunctions, possessives, "is". Self-critical
+# training learns to stop on them ("a man is riding a bike on a"), which CIDEr hardly punishes; decoding
+# therefore never puts <end> right after one (ruotianluo's captioning code does the same while decoding).
+NO_END_AFTER = ("a", "an", "the", "of", "on", "in", "at", "to", "into", "onto", "with", "and", "or", "for",
+                "from", "by", "over", "under", "near", "through", "behind", "his", "her", "their", "its", "is",
+                "are", "while")
+
+
+def word_rules(vocab):
+    """The decoders' word rules for a vocabulary, as model_args stores them: banned_ids, words decoding never
+    says (<unk>: a caption must not contain it; <start>: only ever the first input), and no_end_after, the
+    ids of NO_END_AFTER's words that the vocabulary has."""
+    return {"banned_ids": [vocab.unk_id, vocab.start_id],
+            "no_end_after": sorted(vocab.word2idx[w] for w in NO_END_AFTER if w in vocab.word2idx)}
+
+
+def register_word_rules(decoder, banned_ids=(), no_end_after=()):
+    """Store the rules as (V,) bool buffers: they follow .to(device), and stay out of state_dict (checkpoints
+    written before the rules existed load unchanged)."""
+    V = decoder.vocab_size
+    masks = {"banned": banned_ids, "no_end_after": no_end_after, "is_end": [decoder.end_id]}
+    for name, ids in masks.items():
+        mask = torch.zeros(V, dtype=torch.bool)
+        mask[torch.as_tensor(list(ids), dtype=torch.long)] = True
+        decoder.register_buffer(name, mask, persistent=False)
+    decoder.has_word_rules = bool(len(banned_ids) or len(no_end_after))
+
+
+def allowed_scores(decoder, scores, previous):
+    """scores (..., V) with what the decoder may not say next at -inf: its banned words always, and <end> right
+    after a word no sentence ends on. previous (...): the token each row's next word follows (<start> first).
+    The same rule for greedy, beam and sampled captions, and for their teacher-forced log-probabilities."""
+    if not getattr(decoder, "has_word_rules", False):
+        return scores
+    forbidden = decoder.banned | (decoder.no_end_after[previous].unsqueeze(-1) & decoder.is_end)  # (..., V)
+    return scores.masked_fill(forbidden, float("-inf"))
+
+
 def reorder_state(decoder, state, index):
     """The decoder state of the rows `index` (B',): the decoder's own reorder_state, else nn.LSTM's (h, c)."""
     if hasattr(decoder, "reorder_state"):
@@ -569,10 +612,12 @@ def greedy_search(decoder, features, max_len=20, return_attention=False):
     done = torch.zeros(batch, dtype=torch.bool, device=features.device)
     alphas = []
     logits, state = decoder.start(features)
+    previous = torch.full((batch,), decoder.start_id, dtype=torch.long, device=features.device)
     for t in range(max_len):
         if return_attention:
             alphas.append(state_attention(state))  # (B, L): behind this step's word
-        logp, word = F.log_softmax(logits.float(), dim=-1).max(dim=-1)  # (B,), (B,)
+        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
+        logp, word = F.log_softmax(logits, dim=-1).max(dim=-1)  # (B,), (B,)
         score += torch.where(done, 0.0, logp)
         tokens[:, t] = torch.where(done, decoder.end_id, word)
         done |= word == decoder.end_id
@@ -621,7 +666,8 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, 
         alpha_history = torch.empty(B * k, 0, L, device=device)  # (B*k, t, L), beside `history`
     bound = length_normaliser(max_len, length_penalty)  # no live beam can normalise better than raw / bound
     for t in range(max_len):
-        logp = F.log_softmax(logits.float(), dim=-1)  # (B*k, V)
+        previous = history[:, -1] if t else torch.full((B * k,), decoder.start_id, dtype=torch.long, device=device)
+        logp = F.log_softmax(allowed_scores(decoder, logits.float(), previous), dim=-1)  # (B*k, V)
         V = logp.size(1)
         total = (scores.view(B * k, 1) + logp).view(B, k * V)
         top, idx = total.topk(min(2 * k, k * V), dim=1)  # (B, 2k), best first
@@ -691,11 +737,13 @@ def build_model(model_args):
         dropout = a.get("dropout", 0.0) or a.get("decoder_dropout", 0.0)
         decoder = AttentionDecoder(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("attention_size"),
                                    a["embed_size"], a.get("start_id", 0), a.get("end_id", 1), dropout,
-                                   a.get("attention_word_out", True))
+                                   a.get("attention_word_out", True), a.get("banned_ids", ()),
+                                   a.get("no_end_after", ()))
     else:
         decoder = DecoderRNN(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("num_layers", 1),
                              a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),
-                             a.get("image_every_step", False), a.get("decoder_dropout", 0.0))
+                             a.get("image_every_step", False), a.get("decoder_dropout", 0.0),
+                             a.get("banned_ids", ()), a.get("no_end_after", ()))
     return encoder, decoder
 
 
@@ -763,7 +811,8 @@ def load_checkpoint(path, device="cpu", vocab=None):
             name = "" if isinstance(vocab, Vocabulary) else f" {vocab}"
             raise CheckpointError(f"the vocabulary{name} ({len(given)} words) does not match the checkpoint's "
                                   f"({len(own_vocab)} words, in {path}); {where}")
-    args = dict(ckpt["model_args"], pretrained=False)  # the weights come from the checkpoint
+    # The weights come from the checkpoint; checkpoints older than the word rules get them from their vocabulary.
+    args = {**word_rules(own_vocab), **ckpt["model_args"], "pretrained": False}
     if args["vocab_size"] != len(own_vocab):
         raise CheckpointError(f"checkpoint says vocab_size {args['vocab_size']} but holds {len(own_vocab)} words")
     encoder, decoder = build_model(args)

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
-from model import autocast as device_autocast, greedy_search
+from model import allowed_scores, autocast as device_autocast, greedy_search
 
 BASELINES = ("mean", "greedy")
 PAD = 0  # reward-token id of "no token": padding, and what <start>/<end> map to
@@ -230,8 +230,10 @@ def sample_captions(decoder, features, samples, max_len):
     tokens = torch.full((features.size(0), max_len), end, dtype=torch.long, device=features.device)
     done = torch.zeros(features.size(0), dtype=torch.bool, device=features.device)
     logits, state = decoder.start(features)
+    previous = torch.full((features.size(0),), decoder.start_id, dtype=torch.long, device=features.device)
     for t in range(max_len):
-        word = torch.multinomial(F.softmax(logits.float(), -1), 1).squeeze(1)  # (C,)
+        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
+        word = torch.multinomial(F.softmax(logits, -1), 1).squeeze(1)  # (C,)
         tokens[:, t] = torch.where(done, end, word)
         done |= word == end
         if bool(done.all()) or t + 1 == max_len:
@@ -251,8 +253,10 @@ def caption_log_probs(decoder, features, tokens, start_id, end_id):
     captions were sampled with (tests/test_scst.py checks them against decoding's own).
     """
     start = torch.full((tokens.size(0), 1), start_id, dtype=torch.long, device=tokens.device)
-    scores = decoder(features, torch.cat([start, tokens], 1))  # (C, 1 + T, V); scores[:, t] predicts token t
-    logp = F.log_softmax(scores[:, 1:].float(), -1).gather(2, tokens.unsqueeze(2)).squeeze(2)  # (C, T)
+    inputs = torch.cat([start, tokens], 1)  # (C, 1 + T)
+    scores = decoder(features, inputs)  # (C, 1 + T, V); scores[:, t] predicts token t
+    scores = allowed_scores(decoder, scores[:, 1:].float(), inputs[:, :-1])  # (C, T, V), as sampling saw them
+    logp = F.log_softmax(scores, -1).gather(2, tokens.unsqueeze(2)).squeeze(2)  # (C, T)
     return logp, end_mask(tokens, end_id)
 
 
@@ -275,7 +279,9 @@ def mean_of_others(rewards, samples):
 def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, baseline="mean", max_len=30,
               grad_clip=0.0, world_size=1, autocast=nullcontext):
     """One self-critical step on a batch of images. inputs: their cached CNN features (B, ...); images (B,):
-    their rows in `cider`'s references. Returns a dict of floats: loss, reward, baseline, reward_s, step_s."""
+    their rows in `cider`'s references. Returns a dict of floats: loss, reward, baseline, and the seconds of the
+    whole step (step_s), of sampling (sample_s) and of the reward (reward_s); the rest is the teacher-forced
+    pass, its backward and the update."""
     if baseline not in BASELINES:
         raise ValueError(f"scst_baseline must be one of {BASELINES}, got {baseline!r}")
     if baseline == "mean" and samples < 2:
@@ -285,8 +291,11 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
     with autocast():
         features = encoder.embed(inputs)  # (B, ...)
     with autocast():
-        tokens = sample_captions(decoder, features.detach(), samples, max_len)  # (B*k, T)
+        tokens = sample_captions(decoder, features.detach(), samples, max_len)  # (B*k, max_len)
+    # Columns after the longest caption's <end> are padding in every row: the teacher-forced pass skips them.
+    tokens = tokens[:, : int(end_mask(tokens, end).sum(1).max())]  # (B*k, T)
     t_reward = time.perf_counter()
+    sample_s = t_reward - t0
     rewards = cider.rewards(tokens, images.repeat_interleave(samples), end)  # (B*k,) float64
     reward_s = time.perf_counter() - t_reward
     if baseline == "mean":
@@ -308,7 +317,7 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
         nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return {"loss": loss.item(), "reward": rewards.mean().item(), "baseline": base.mean().item(),
-            "reward_s": reward_s, "step_s": time.perf_counter() - t0}
+            "reward_s": reward_s, "sample_s": sample_s, "step_s": time.perf_counter() - t0}
 
 
 def greedy_captions(decoder, features, max_len, autocast=nullcontext):

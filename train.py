@@ -40,7 +40,7 @@ from data_loader import (CocoCaptionDataset, LengthBatchSampler, collate_skippin
 from features import atomic_save, cached_features, compute_features
 from metrics import caption_metrics
 from model import (CHECKPOINT_FORMAT, DECODER_TYPES, AttentionDecoder, attention_penalty, autocast, build_model,
-                   get_device, greedy_search, load_state, read_checkpoint, set_seed)
+                   get_device, greedy_search, load_state, read_checkpoint, set_seed, word_rules)
 import scst
 from vocabulary import Vocabulary, load_or_build_vocab
 
@@ -124,7 +124,8 @@ class TrainConfig:
                     image_every_step=self.image_every_step, decoder=self.decoder,
                     attention_size=self.attention_size or self.hidden_size, decoder_dropout=self.decoder_dropout,
                     attention_word_out=self.attention_word_out,
-                    vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size)
+                    vocab_size=len(vocab), start_id=vocab.start_id, end_id=vocab.end_id, image_size=self.image_size,
+                    **word_rules(vocab))
 
 
 # Starting points for the CLI's --preset; any flag after it still wins. TrainConfig's own defaults are the

@@ -38,12 +38,17 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="rounds of (cross-entropy steps, self-critical steps)")
     parser.add_argument("--steps", type=int, default=4, help="steps of each kind per round")
     parser.add_argument("--samples", type=int, default=None, help="captions per image (default: the config's)")
+    parser.add_argument("--max-len", type=int, default=None,
+                        help="longest sampled caption (default: the config's scst_max_len, else max_len)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="captions per step, sampled ones too (default: the config's)")
     args = parser.parse_args(argv)
     encoder, decoder, vocab, ckpt = load_checkpoint(args.checkpoint)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-    if args.samples:
-        cfg = dataclasses.replace(cfg, scst_samples=args.samples)
+    for flag, name in ((args.samples, "scst_samples"), (args.max_len, "scst_max_len"), (args.batch_size, "batch_size")):
+        if flag:
+            cfg = dataclasses.replace(cfg, **{name: flag})
     device = torch.device("cpu")
     split = load_split(cfg, cfg.train_split, vocab, encoder, device)
     model = Captioner(encoder, decoder)
@@ -57,7 +62,7 @@ def main(argv=None):
     per_step = cfg.batch_size // cfg.scst_samples
     scst_batches = scst.epoch_images(images, per_step, 0, 0)
     scst_batches = [b for b in scst_batches if len(b) == per_step]
-    xe_time = sc_time = reward_time = 0.0
+    xe_time = sc_time = reward_time = sample_time = 0.0
     n_captions = n_images = 0
     for r in range(args.rounds):
         model.train()
@@ -76,13 +81,16 @@ def main(argv=None):
                                    cfg.scst_max_len or cfg.max_len, cfg.grad_clip)
             sc_time += stats["step_s"]
             reward_time += stats["reward_s"]
+            sample_time += stats["sample_s"]
             n_images += len(batch)
     print(f"threads {torch.get_num_threads()}, {cfg.batch_size} captions per cross-entropy step, "
           f"{per_step} images x {cfg.scst_samples} samples per self-critical step")
     print(f"cross-entropy: {n_captions / xe_time:,.0f} captions/s")
     print(f"self-critical: {n_images / sc_time:,.1f} images/s ({n_images * cfg.scst_samples / sc_time:,.0f} sampled "
           f"captions/s); reward {reward_time / sc_time:.1%} of the step time "
-          f"({1000 * reward_time / (args.rounds * args.steps):.1f} ms a step)")
+          f"({1000 * reward_time / (args.rounds * args.steps):.1f} ms a step), sampling {sample_time / sc_time:.1%}, "
+          f"the teacher-forced pass, backward and update {1 - (reward_time + sample_time) / sc_time:.1%}; "
+          f"sampled captions up to {cfg.scst_max_len or cfg.max_len} words")
 
 
 if __name__ == "__main__":

@@ -261,8 +261,8 @@ def test_decoder_dropout_is_the_attention_decoders_dropout_and_old_checkpoints_d
     with torch.no_grad():
         assert not torch.equal(decoder(feats, captions), decoder(feats, captions))  # dropout at work
     # a decoder built as before (no dropout) with the same weights: identical in evaluation
-    before = AttentionDecoder(E, H, len(Vocabulary("a red circle".split())), args["attention_size"], E,
-                              args["start_id"], args["end_id"], 0.0)
+    before = model.build_model(dict(args, decoder_dropout=0.0))[1]
+    assert before.dropout.p == 0.0
     before.load_state_dict(decoder.state_dict())
     decoder.eval(), before.eval()
     with torch.no_grad():

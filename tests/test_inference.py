@@ -21,6 +21,7 @@ import metrics
 from conftest import REPO_ROOT, tiny_train_config
 from data_loader import CocoCaptionDataset, find_split, get_transform, load_image
 from model import beam_search, caption_batch, greedy_search, latest_checkpoint, load_checkpoint
+from vocabulary import read_captions, tokenize
 
 NOTEBOOK = REPO_ROOT / "3_Inference.ipynb"
 CPU = torch.device("cpu")
@@ -153,6 +154,14 @@ def test_evaluate_cli_writes_coco_results_and_the_scores_of_them(checkpoint, tin
     assert record["scores"]["object_f1"] == pytest.approx(objects["f1"])
     assert record["scores"]["object_exact"] == pytest.approx(objects["exact"])
     assert "SPICE" in record["missing"]
+    # The diagnostics are those of the captions written, the copies counted against the training captions.
+    d, texts = record["diagnostics"], list(written.values())
+    train_texts = {" ".join(tokenize(c)) for c in read_captions(find_split(tiny_shapes, "train")[1])}
+    assert d["captions"] == 16 and d["distinct"] == len(set(texts))
+    assert d["copied_share"] == pytest.approx(sum(t in train_texts for t in texts) / 16)
+    assert d["mean_length"] == pytest.approx(sum(len(t.split()) for t in texts) / 16)
+    assert d["with_unk"] == 0 and d["bad_endings"] == 0
+    assert f"{d['distinct']:,} distinct captions of 16" in done.stdout
 
 
 @pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")  # --backend python: no METEOR, as asked

@@ -292,3 +292,19 @@ def test_tokenizer_agrees_with_java_on_real_captions(val5000_captions):
     pairs = [(java[i][k], ptb_tokenize(c["caption"])) for i, cs in captions.items() for k, c in enumerate(cs)]
     same = sum(a == b for a, b in pairs) / len(pairs)
     assert len(pairs) > 25_000 and same >= MIN_TOKENIZER_AGREEMENT, f"{same:.4%} identical"
+
+
+def test_caption_diagnostics_count_what_the_scores_hide():
+    captions = {1: "a dog runs", 2: "a dog runs", 3: "a cat sits on a", 4: "a <unk> sits", 5: "a dog runs"}
+    training = ["A dog runs.", "A black cat sits on the mat"]
+    d = metrics.caption_diagnostics(captions, training, no_end_words=("a", "on"), top=2)
+    assert d["captions"] == 5 and d["distinct"] == 3
+    assert d["copied_share"] == pytest.approx(3 / 5)  # "A dog runs." tokenizes to "a dog runs"
+    assert d["words_used"] == len({"a", "dog", "runs", "cat", "sits", "on", "<unk>"})
+    assert d["mean_length"] == pytest.approx((3 * 3 + 5 + 3) / 5)
+    assert d["with_unk"] == 1 and d["bad_endings"] == 1
+    assert d["most_repeated"] == [["a dog runs", 3]]  # captions written once are not "repeated"
+    assert metrics.caption_diagnostics(captions)["copied_share"] is None
+    lines = metrics.diagnostics_lines(d)
+    assert lines[0].startswith("3 distinct captions of 5; 60.0% copy a training caption")
+    assert lines[1].split() == ["3", "x", "a", "dog", "runs"]

@@ -613,3 +613,116 @@ def test_decoder_dropout_only_while_training(image_every_step):
     args = dict(embed_size=16, hidden_size=32, vocab_size=20, backbone="mobilenet_v2", pretrained=False)
     assert model.build_model(args)[1].drop.p == 0.0
     assert model.build_model({**args, "decoder_dropout": 0.3})[1].drop.p == 0.3
+
+
+# ---------------------------------------------------------------------------------------------------
+# Word rules: no <unk>, no caption that ends on "a", "of", ... (greedy, beam, sampling, the Udacity sample)
+# ---------------------------------------------------------------------------------------------------
+RULE_WORDS = "a dog cat on grass runs the".split()  # + <start> <end> <unk>: ids 3.. in this order
+
+
+def ruled_decoder(kind="lstm", unk_bias=0.0, seed=0):
+    """A tiny random decoder with the rules of RULE_WORDS' vocabulary; unk_bias raises <unk>'s score everywhere."""
+    vocab = Vocabulary(RULE_WORDS)
+    args = dict(embed_size=E, hidden_size=H, vocab_size=len(vocab), backbone="mobilenet_v2", pretrained=False,
+                decoder=kind, start_id=vocab.start_id, end_id=vocab.end_id, **model.word_rules(vocab))
+    torch.manual_seed(seed)
+    _, decoder = model.build_model(args)
+    with torch.no_grad():
+        decoder.fc.bias[vocab.unk_id] += unk_bias
+    return decoder.eval(), vocab
+
+
+def annotations(kind, n, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 4, E, generator=g) if kind == "attention" else torch.randn(n, E, generator=g)
+
+
+def test_word_rules_name_unk_start_and_the_ending_words_the_vocabulary_has():
+    vocab = Vocabulary(RULE_WORDS)
+    rules = model.word_rules(vocab)
+    assert rules["banned_ids"] == [vocab.unk_id, vocab.start_id]
+    assert rules["no_end_after"] == sorted([vocab("a"), vocab("on"), vocab("the")])  # not dog, cat, grass, runs
+
+
+@pytest.mark.parametrize("kind", ["lstm", "attention"])
+def test_decoding_never_says_unk_even_when_it_is_the_likeliest_word(kind):
+    decoder, vocab = ruled_decoder(kind, unk_bias=50.0)  # <unk> wins every unconstrained step
+    feats = annotations(kind, 6)
+    bare, _ = ruled_decoder(kind, unk_bias=50.0)
+    bare.has_word_rules = False  # the same weights without the rules: the test's control
+    assert all(vocab.unk_id in c for c in greedy_search(bare, feats, MAX_LEN)[0])
+    for ids in (greedy_search(decoder, feats, MAX_LEN)[0], beam_search(decoder, feats, 3, MAX_LEN)[0]):
+        assert all(vocab.unk_id not in c and vocab.start_id not in c for c in ids)
+    from scst import sample_captions
+    torch.manual_seed(0)
+    sampled = sample_captions(decoder, feats, samples=4, max_len=MAX_LEN)  # (24, MAX_LEN)
+    assert not (sampled == vocab.unk_id).any() and not (sampled == vocab.start_id).any()
+
+
+def test_udacity_sample_never_says_unk():
+    decoder, vocab = ruled_decoder("lstm", unk_bias=50.0)
+    ids = decoder.sample(annotations("lstm", 1), max_len=MAX_LEN)
+    assert len(ids) > 1 and vocab.unk_id not in ids[1:]  # ids[0] is the image step's own guess at <start>
+
+
+class BigramDecoder(torch.nn.Module):
+    """A decoder whose next-word scores depend only on the previous word (a table), with RULE_WORDS' rules:
+    a caption whose likeliest path ends right after "on" can be built exactly."""
+
+    def __init__(self, vocab, table):
+        super().__init__()
+        self.vocab_size, self.start_id, self.end_id = len(vocab), vocab.start_id, vocab.end_id
+        self.table = torch.full((len(vocab), len(vocab)), -20.0)  # (previous word, next word) -> score
+        for (prev, word), score in table.items():
+            self.table[vocab(prev), vocab(word)] = score
+        model.register_word_rules(self, **model.word_rules(vocab))
+
+    def start(self, features):
+        return self.step(torch.full((features.size(0),), self.start_id), None)
+
+    def step(self, tokens, state, image=None):
+        return self.table[tokens], tokens  # scores (B, V); the state is the previous word
+
+    @staticmethod
+    def reorder_state(state, index):
+        return state[index]
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam 3", "sample"])
+def test_no_caption_ends_on_an_article_or_a_preposition(search):
+    """The likeliest caption is "dog runs on" then <end>; with the rules <end> may not follow "on", so the
+    caption goes on to "dog runs on grass"."""
+    vocab = Vocabulary(RULE_WORDS)
+    decoder = BigramDecoder(vocab, {("<start>", "dog"): 0.0, ("dog", "runs"): 0.0, ("runs", "on"): 0.0,
+                                    ("on", "<end>"): 0.0, ("on", "grass"): -3.0, ("grass", "<end>"): 0.0})
+    feats = torch.zeros(3, E)
+
+    def captions():
+        if search == "sample":
+            torch.manual_seed(0)
+            from scst import sample_captions
+            return [model._trim(row[None], vocab.end_id)[0] for row in sample_captions(decoder, feats, 20, MAX_LEN)]
+        return greedy_search(decoder, feats, MAX_LEN)[0] if search == "greedy" else \
+            beam_search(decoder, feats, 3, MAX_LEN)[0]
+
+    decoder.has_word_rules = False
+    unruled = {vocab.decode(c) for c in captions()}
+    assert "dog runs on" in unruled
+    decoder.has_word_rules = True
+    assert {vocab.decode(c) for c in captions()} == {"dog runs on grass"}
+
+
+def test_old_checkpoints_get_the_rules_from_their_vocabulary(tmp_path):
+    vocab = Vocabulary(RULE_WORDS)
+    args = dict(embed_size=E, hidden_size=H, vocab_size=len(vocab), backbone="mobilenet_v2", pretrained=False,
+                start_id=vocab.start_id, end_id=vocab.end_id)  # written before the rules: no banned_ids
+    torch.manual_seed(0)
+    encoder, decoder = model.build_model(args)
+    assert not decoder.has_word_rules
+    torch.save({"format": model.CHECKPOINT_FORMAT, "model_args": args, "encoder": encoder.state_dict(),
+                "decoder": decoder.state_dict(), "vocab": vocab.to_dict()}, tmp_path / "old.pt")
+    _, loaded, _, _ = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.has_word_rules
+    assert loaded.banned.nonzero().flatten().tolist() == sorted([vocab.unk_id, vocab.start_id])
+    assert "banned" not in loaded.state_dict()  # the rules are not weights: checkpoints stay as they were

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import scst
-from model import AttentionDecoder, DecoderRNN, greedy_search
+from model import AttentionDecoder, DecoderRNN, greedy_search, register_word_rules
 from scst import CiderD, caption_log_probs, end_mask, mean_of_others, sample_captions, scst_loss, scst_step
 from vocabulary import Vocabulary
 
@@ -130,11 +130,17 @@ def test_samples_stop_at_end_and_are_padded_with_end(kind):
     assert len({tuple(r.tolist()) for r in tokens}) > 9  # samples, not one caption repeated
 
 
+@pytest.mark.parametrize("rules", [False, True])
 @pytest.mark.parametrize("kind", DECODERS)
-def test_teacher_forced_log_probs_are_those_of_decoding(kind):
+def test_teacher_forced_log_probs_are_those_of_decoding(kind, rules):
     """The log-probabilities recomputed teacher-forced are the ones the decoder's own step-wise decoding had:
-    greedy_search's score of its caption, <end> included, equals the masked sum."""
+    greedy_search's score of its caption, <end> included, equals the masked sum. With word rules (a banned word
+    made the likeliest, <end> forbidden after words 3 to 6) both sides renormalise over the allowed words."""
     decoder = tiny_decoder(kind=kind).eval()
+    if rules:
+        register_word_rules(decoder, banned_ids=[2], no_end_after=[3, 4, 5, 6])
+        with torch.no_grad():
+            decoder.fc.bias[2] += 5.0
     features = tiny_features(5, kind)
     ids, score = greedy_search(decoder, features, max_len=6)
     tokens = torch.full((5, 6), decoder.end_id, dtype=torch.long)
@@ -340,3 +346,23 @@ def test_scst_epochs_train_the_attention_decoder_and_init_from_rebuilds_it(tiny_
     assert after["model_args"]["decoder"] == "attention" and after["epoch"] == 1
     assert [r["phase"] for r in read_metrics(again)] == ["scst"]
     assert any(not torch.equal(t, after["decoder"][k]) for k, t in before["decoder"].items())  # it trained
+
+
+@pytest.mark.parametrize("kind", DECODERS)
+def test_padding_columns_change_neither_the_loss_nor_its_gradient(kind):
+    """scst_step cuts the sampled tokens after the longest caption's <end>: the columns it drops are <end>
+    padding in every row, so the loss and every gradient are those of the uncut tokens."""
+    end = 1
+    padded = torch.tensor([[4, 5, end, end, end, end], [6, end, end, end, end, end], [7, 8, 9, end, end, end]])
+    tokens = padded[:, : int(end_mask(padded, end).sum(1).max())]  # as scst_step cuts them
+    assert tokens.shape == (3, 4)
+    features, advantage = tiny_features(3, kind), torch.tensor([1.0, -2.0, 0.5])
+    grads = []
+    for t in (tokens, padded):
+        decoder = tiny_decoder(kind=kind).eval()
+        logp, mask = caption_log_probs(decoder, features, t, decoder.start_id, end)
+        loss = scst_loss(logp, mask, advantage)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in decoder.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-7)
+    assert all(torch.allclose(a, b, atol=1e-7) for a, b in zip(grads[0][1], grads[1][1]))
