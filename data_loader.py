@@ -258,7 +258,7 @@ def images_among(file_names, digests):
     """How many of the images named are among `digests` (image_digests of others); 0 when digests is None."""
     if digests is None or not len(file_names):
         return 0
-    return int(torch.isin(image_digests(file_names), torch.as_tensor(digests)).sum())
+    return int(torch.isin(image_digests(file_names), torch.as_tensor(digests).cpu()).sum())
 
 
 def train_captions_file(data_root):

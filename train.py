@@ -590,6 +590,9 @@ def check_settings(cfg):
         ("save_every", cfg.save_every >= 1, "at least 1"), ("log_every", cfg.log_every >= 1, "at least 1"),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"), ("decoder_dropout", 0 <= cfg.decoder_dropout < 1, "in [0, 1)"),
         ("decoder", cfg.decoder in DECODER_TYPES, f"one of {', '.join(DECODER_TYPES)}")) if not ok]
+    if cfg.train_backbone and cfg.feature_norm:  # prepare() would say so only after the folder and vocabulary
+        problems.append("--feature-norm needs a frozen backbone (its statistics come from the feature cache): "
+                        "leave out --train-backbone or give --no-feature-norm")
     if cfg.scst_epochs > 0:
         problems += scst_problems(cfg)
     problems += decoder_problems(cfg)

@@ -283,6 +283,7 @@ def test_other_settings_of_every_phase_are_checked_at_start_up(tiny_shapes, tmp_
     checks = [(dict(batch_size=0), "--batch-size must be at least 1"), (dict(max_len=0), "--max-len must be"),
               (dict(decoder_dropout=1.0), "--decoder-dropout must be in [0, 1)"),
               (dict(attention_reg=0.1), "--attention-reg 0.1 needs --decoder attention"),
+              (dict(train_backbone=True), "--feature-norm needs a frozen backbone"),
               (dict(scst_epochs=1, scst_samples=3, scst_max_len=-1), "--scst-max-len must be")]
     for setting, message in checks:
         with pytest.raises(ValueError, match=re.escape(message)):
