@@ -9,6 +9,7 @@ The layout under `data_root` is COCO's own (2014 or 2017 names), which is also w
     data_root/annotations/captions_train2017.json, data_root/train2017/000000000001.jpg, ...
 """
 import contextlib
+import hashlib
 import io
 import json
 import warnings
@@ -223,7 +224,8 @@ def data_defaults(data_root):
                     a data_sources layout: 'flickr8k', 'kaggle', 'karpathy'
         preset      the train.PRESETS entry made for that data: 'shapes-cpu' (the demo recipe, best.pt by
                     object F1, which only shapes has), 'flickr8k' (the real-photograph recipe) for the
-                    data_sources layouts, or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr)
+                    data_sources layouts, or 'coco' (ResNet-50 at 224 px, best.pt by CIDEr) for COCO in
+                    its own layout or Karpathy's dataset_coco.json
         eval_split  the split to score: 'test' when the root has test captions (shapes; Flickr8k with its test
                     split file), else 'val' (COCO's test split has no public captions)
     One place to teach the defaults a new kind of data: add it here, and its preset to train.PRESETS.
@@ -234,10 +236,29 @@ def data_defaults(data_root):
     source = None if shapes or coco else data_sources.detect(root)
     if source is not None:
         has_test = "test" in data_sources.convert(source)["splits"]
-        return {"kind": source.kind, "preset": "flickr8k", "eval_split": "test" if has_test else "val"}
+        coco_photos = source.kind == "karpathy" and Path(source.root).name == "dataset_coco.json"
+        return {"kind": source.kind, "preset": "coco" if coco_photos else "flickr8k",
+                "eval_split": "test" if has_test else "val"}
     has_test = shapes or any((root / "annotations" / f"captions_test{y}.json").is_file() for y in YEARS)
     return {"kind": "shapes" if shapes else "coco", "preset": "shapes-cpu" if shapes else "coco",
             "eval_split": "test" if has_test else "val"}
+
+
+def image_digests(file_names):
+    """A sorted int64 tensor, one value per distinct image: a hash of its file name (the last path part, so
+    Karpathy's COCO names meet COCO's own). Checkpoints keep it for the images they trained and were chosen on,
+    small and loadable with weights_only=True, and evaluate.py counts how many images of a split are among them.
+    """
+    values = {int.from_bytes(hashlib.sha256(Path(f).name.encode("utf-8")).digest()[:8], "big", signed=True)
+              for f in file_names}
+    return torch.tensor(sorted(values), dtype=torch.int64)
+
+
+def images_among(file_names, digests):
+    """How many of the images named are among `digests` (image_digests of others); 0 when digests is None."""
+    if digests is None or not len(file_names):
+        return 0
+    return int(torch.isin(image_digests(file_names), torch.as_tensor(digests).cpu()).sum())
 
 
 def train_captions_file(data_root):

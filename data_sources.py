@@ -7,8 +7,9 @@ Layouts read (the splits are always named `train`, `val` (the development split)
     flickr8k   Flickr8k as distributed: Flicker8k_Dataset/ (sic) and Flickr8k_text/ holding Flickr8k.token.txt
                (`<image>#<k>` TAB caption) and Flickr_8k.{train,dev,test}Images.txt (a missing one: no such split)
     kaggle     Kaggle's Flickr8k: Images/ and captions.txt (a CSV with the header `image,caption`). The official
-               split files are used when they sit beside it (or in Flickr8k_text/); otherwise a deterministic
-               6,000 / 1,000 / rest split, and a note saying that it is not the official split
+               split files are used when they sit beside it (or in Flickr8k_text/); otherwise each image's split
+               follows from a hash of its file name (about 6,000 / 1,000 / rest), with a note saying that it is
+               not the official split
     karpathy   Karpathy's split JSON (dataset_flickr8k.json, dataset_flickr30k.json, dataset_coco.json): `images`
                with `filename` (+ `filepath` for COCO), `split` (train, val, test, restval: restval joins train,
                as in the papers) and `sentences[].raw`. The data root is the folder holding it, or the file itself
@@ -28,7 +29,6 @@ import hashlib
 import io
 import json
 import os
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 SPLITS = ("train", "val", "test")
 CONVERTED_ENV = "SHOW_TELL_CONVERTED_DIR"
 DEFAULT_CONVERTED_DIR = "data/converted"
-FORMAT = "show-and-tell-converted/1"  # bump when the converted output changes for the same inputs
+FORMAT = "show-and-tell-converted/2"  # bump when the converted output changes for the same inputs
 
 FLICKR_IMAGES = ("Flicker8k_Dataset", "Flickr8k_Dataset")  # the original's spelling first
 FLICKR_TEXT = "Flickr8k_text"
@@ -52,10 +52,11 @@ KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "
 # added below them): the usual unzip names of Flickr8k, Flickr30k and COCO.
 KARPATHY_IMAGE_DIRS = ("", "Flicker8k_Dataset", "Flickr8k_Dataset", "Images", "images", "flickr30k_images",
                        "flickr30k-images")
-# Kaggle's Flickr8k has no split: without the official files, this many images go to train and val (when
-# there are fewer than 8,000 images, the same proportions), the rest to test.
-KAGGLE_TRAIN, KAGGLE_VAL = 6000, 1000
-SPLIT_SEED = 0
+# Kaggle's Flickr8k has no split: without the official files, each image's split follows from a hash of its own
+# file name, in the official split's proportions (6,000 train and 1,000 val of Flickr8k's 8,091 images, the
+# rest test). Adding or removing a file then moves no other image from one split to another.
+KAGGLE_TRAIN_SHARE, KAGGLE_VAL_SHARE = 6000 / 8091, 1000 / 8091
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 FLICKR_HELP = ("Flickr8k: the original layout holds Flicker8k_Dataset/ and Flickr8k_text/Flickr8k.token.txt "
                "with Flickr8k_text/Flickr_8k.{train,dev,test}Images.txt; Kaggle's holds Images/ and captions.txt; "
@@ -77,8 +78,9 @@ class Skips:
 
     def add(self, reason, example):
         self.counts[reason] += 1
-        if self.counts[reason] <= 3:
-            self.examples.setdefault(reason, []).append(str(example))
+        examples = self.examples.setdefault(reason, [])
+        if len(examples) < 3 and str(example) not in examples:  # an image's five captions: one example
+            examples.append(str(example))
 
     def lines(self):
         return [f"{n:,} {reason} (e.g. {', '.join(self.examples[reason])})" for reason, n in self.counts.most_common()]
@@ -152,7 +154,8 @@ def keep_captioned(ds, images_on_disk):
             for _ in ds.captions.pop(name):
                 ds.skips.add("captions whose image file is missing, skipped", name)
     for name in sorted(images_on_disk - set(ds.captions)):
-        ds.skips.add("images without captions, left out", name)
+        if name.lower().endswith(IMAGE_SUFFIXES):  # not the JSON or a README that shares the folder
+            ds.skips.add("images without captions, left out", name)
     for split, names in ds.splits.items():
         ds.splits[split] = [n for n in names if n in ds.captions]
 
@@ -245,15 +248,12 @@ def kaggle_rows(path, skips):
 
 
 def read_kaggle(source):
-    """captions.txt, split by the official split files when present, else by a fixed shuffle."""
+    """captions.txt, split by the official split files when present, else by a hash of each file name."""
     ds = Dataset()
     path = source.root / KAGGLE_CAPTIONS
-    seen = set()
+    # A caption written twice for one image is kept: Flickr8k has such pairs, by two annotators, and the
+    # original layout (Flickr8k.token.txt) gives those images five references too.
     for number, image, caption in kaggle_rows(path, ds.skips):
-        if (image, caption) in seen:
-            ds.skips.add("repeated (image, caption) rows, skipped", f"{path.name}:{number}")
-            continue
-        seen.add((image, caption))
         ds.captions.setdefault(image, []).append(caption)
     keep_captioned(ds, list_images(source.image_dir))
     split_files = official_split_files(source.root)
@@ -265,8 +265,8 @@ def read_kaggle(source):
         ds.splits = fixed_split(ds.captions)
         sizes = " / ".join(f"{len(v):,}" for v in ds.splits.values())
         ds.notes.append(f"{path}: no official split files beside it ({', '.join(FLICKR_SPLIT_FILES.values())}), so "
-                        f"the images are split {sizes} (train / val / test) by a fixed shuffle. This is NOT the "
-                        "official Flickr8k split: scores are not comparable with published ones")
+                        f"the images are split {sizes} (train / val / test) by a hash of each file name. This is NOT "
+                        "the official Flickr8k split: scores are not comparable with published ones")
     return ds
 
 
@@ -279,14 +279,22 @@ def official_split_files(root):
     return {}
 
 
+def name_share(name):
+    """A number in [0, 1) that depends on the file name alone: the same on every machine and Python version
+    (hash() is salted per process), whatever other files the folder holds."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "big") / 2 ** 64
+
+
 def fixed_split(names):
-    """6,000 / 1,000 / the rest of the names after a seeded shuffle (the same proportions for small sets)."""
-    names = sorted(names)  # the same split whatever order the CSV lists the images in
-    random.Random(SPLIT_SEED).shuffle(names)
-    n = len(names)
-    n_val = min(KAGGLE_VAL, n // 8)
-    n_train = min(KAGGLE_TRAIN, n - 2 * n_val)
-    return {"train": names[:n_train], "val": names[n_train:n_train + n_val], "test": names[n_train + n_val:]}
+    """Each name's split from its own name_share: below KAGGLE_TRAIN_SHARE train, then val, then test. About
+    6,000 / 1,000 / 1,091 of Flickr8k's 8,091 images; names sorted, so the CSV's order does not matter."""
+    splits = {split: [] for split in SPLITS}
+    for name in sorted(names):
+        share = name_share(name)
+        split = "train" if share < KAGGLE_TRAIN_SHARE else "val" if share < KAGGLE_TRAIN_SHARE + KAGGLE_VAL_SHARE \
+            else "test"
+        splits[split].append(name)
+    return splits
 
 
 def read_karpathy(source):
@@ -378,28 +386,32 @@ def detect(data_root):
 
 
 def karpathy_source(path):
-    """A Karpathy JSON and the folder its images are in (the first candidate that holds its first image)."""
+    """A Karpathy JSON and the folder its images are in: the candidate that holds its first image, or (a
+    partial download) the one that holds the most of them. Every sub-folder the names use (COCO's train2014 and
+    val2014) is an input of the conversion, so files added to any of them redo it."""
     base = path.parent
-    first = first_karpathy_name(path)
+    names = karpathy_names(path)
     candidates = [base / d for d in KARPATHY_IMAGE_DIRS]
-    image_dir = next((d for d in candidates if first and (d / first).is_file()), None)
+    image_dir = next((d for d in candidates if names and (d / names[0]).is_file()), None)
+    if image_dir is None and names:
+        wanted = set(names)
+        found = {d: len(karpathy_images_on_disk(d, wanted) & wanted) for d in candidates if d.is_dir()}
+        image_dir = max(found, key=found.get) if found and max(found.values()) else None
     if image_dir is None:
         tried = ", ".join(str(d) for d in candidates)
-        raise DataSourceError(f"{path}: its images ({first or 'none named'}) are in none of {tried}; put the image "
+        example = names[0] if names else "none named"
+        raise DataSourceError(f"{path}: its images ({example}, ...) are in none of {tried}; put the image "
                               "folder beside the JSON file")
-    sub = {str(Path(first).parent)} - {"."}
-    inputs = [path, image_dir] + [image_dir / s for s in sub]
+    subs = sorted({str(Path(n).parent) for n in names} - {"."})
+    inputs = [path, image_dir] + [image_dir / s for s in subs]
     return Source("karpathy", path, image_dir, inputs, read_karpathy)
 
 
-def first_karpathy_name(path):
+def karpathy_names(path):
+    """Every image name the JSON lists (karpathy_name), in order; malformed entries are left to the reader."""
     data = load_json(path)
     images = data.get("images") if isinstance(data, dict) else None
-    for entry in images or []:
-        name = karpathy_name(entry)
-        if name:
-            return name
-    return None
+    return [name for name in map(karpathy_name, images if isinstance(images, list) else []) if name]
 
 
 def layouts_help(root):

@@ -6,6 +6,8 @@
 
 It prints BLEU-1..4, METEOR, ROUGE-L and CIDEr (object F1 too on the shapes data), and writes
 captions_<split>_beam<k>.json (COCO results format) and scores_<split>_beam<k>.json beside the checkpoint.
+When the split holds images best.pt was chosen on (its run's validation split) or trained on, it says so, and
+the scores file records it (chosen_on_this_split, images_chosen_on, images_trained_on, notes).
 
 From Python (3_Inference uses this): scores, captions = evaluate_checkpoint("runs/NAME/best.pt", "test", beam=3)
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from data_loader import CocoCaptionDataset, data_defaults, find_split, load_coco, train_captions_file
+from data_loader import CocoCaptionDataset, data_defaults, find_split, images_among, load_coco, train_captions_file
 from features import cached_features, compute_features
 import model_card
 from metrics import (BACKENDS, SPICE_NOTE, Scores, caption_diagnostics, caption_metrics, diagnostics_lines,
@@ -65,16 +67,45 @@ def default_split(data_root):
     return data_defaults(data_root)["eval_split"]
 
 
-def same_images_note(ckpt, data_root, split):
-    """A warning when `split` is the one best.pt was chosen on (the run's val_split, same data): its scores
-    then overstate what the model does on unseen images. On COCO that is val2017 unless a held-out split
-    (Karpathy's) is used; None otherwise."""
+def seen_images(ckpt, data_root, split, image_files):
+    """(chosen, trained): how many of a split's images best.pt was chosen on (its run's validation images) and
+    trained on, from the image digests its checkpoint records (train.split_digests); trained is None for a
+    checkpoint older than that record, and chosen then comes from where_chosen."""
+    if ckpt.get("val_images") is None:
+        return (len(image_files) if where_chosen(ckpt, data_root, split) else 0), None
+    return images_among(image_files, ckpt["val_images"]), images_among(image_files, ckpt.get("train_images"))
+
+
+def where_chosen(ckpt, data_root, split):
+    """Whether `split` of `data_root` is the caption file the run validated on: the same file after conversion
+    (so data/flickr8k, its absolute path and data/flickr8k/ are one root) or, when the run's data root is gone,
+    the same split name under the same resolved root."""
     config = ckpt.get("config", {})
-    trained_on = Path(config.get("data_root", "")).resolve()
-    if split != config.get("val_split", "val") or Path(data_root).resolve() != trained_on:
-        return None
-    return (f"note: the checkpoint was chosen on these {split} images (its validation split), so these scores "
-            "are optimistic; score a split training never saw (test, or a Karpathy test split on COCO)")
+    val_split = config.get("val_split", "val")
+    try:
+        scored, validated = find_split(data_root, split)[1], find_split(config.get("data_root", ""), val_split)[1]
+        return scored.resolve() == validated.resolve()
+    except (OSError, ValueError):
+        return split == val_split and Path(data_root).resolve() == Path(config.get("data_root", "")).resolve()
+
+
+def same_images_note(ckpt, data_root, split, image_files):
+    """(chosen, trained, lines to print): warnings when the split holds images best.pt was chosen on (its run's
+    validation split: the scores are optimistic) or trained on (they overstate what it does on unseen images,
+    e.g. after a dataset's split was redrawn). On COCO the first is val2017 unless a held-out split (Karpathy's)
+    is used."""
+    chosen, trained = seen_images(ckpt, data_root, split, image_files)
+    n, lines = len(image_files), []
+    if chosen:
+        which = "these" if chosen == n else f"{chosen:,} of these {n:,}"
+        lines.append(f"note: the checkpoint was chosen on {which} {split} images (its validation split), so these "
+                     "scores are optimistic; score a split training never saw (test, or a Karpathy test split on "
+                     "COCO)")
+    if trained:
+        lines.append(f"warning: {trained:,} of these {n:,} {split} images are among those the checkpoint was "
+                     "trained on, so these scores overstate what it does on new images; score a split that "
+                     "training never saw")
+    return chosen, trained, lines
 
 
 def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_penalty=0.0, data_root=None,
@@ -97,11 +128,11 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     settings = checkpoint_settings(ckpt, data_root=data_root, num_workers=num_workers)
     max_len = checkpoint_max_len(ckpt, max_len)
     split = split or default_split(settings["data_root"])
-    note = same_images_note(ckpt, settings["data_root"], split)
-    if note and progress:
-        print(note)
     image_dir, annotations = find_split(settings["data_root"], split)
     dataset = CocoCaptionDataset(image_dir, annotations, vocab, cache_dir=settings.get("cache_dir", DEFAULT_CACHE_DIR))
+    chosen, trained, notes = same_images_note(ckpt, settings["data_root"], split, dataset.image_files)
+    for line in notes if progress else ():
+        print(line)
     features, ok, failures = split_image_features(encoder, dataset, settings, ckpt["model_args"], device, batch_size)
     for file_name, reason in failures.items():  # decode failures join the header-time skips in one summary
         dataset.image_report.add(reason, file_name)
@@ -125,7 +156,8 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     if save:
         info = dict(checkpoint=str(checkpoint), data_root=str(settings["data_root"]), split=split, beam=beam,
                     max_len=max_len, length_penalty=length_penalty, word_rules=word_rules, n_images=len(captions),
-                    diagnostics=scores.diagnostics)
+                    chosen_on_this_split=bool(chosen), images_chosen_on=chosen, images_trained_on=trained,
+                    notes=notes, diagnostics=scores.diagnostics)
         write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
         model_card.add_scores(checkpoint, {**info, "scores": dict(scores)})  # its row on MODEL_CARD.md
     return scores, captions

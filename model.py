@@ -733,9 +733,10 @@ def build_model(model_args):
                          a.get("grid", 1), a.get("head_hidden", 0), a.get("embed_norm", False),
                          a.get("feature_norm", False), a.get("backbone_blocks", 0), a.get("local_hidden", 0),
                          attention=kind == "attention")
-    if kind == "attention":
+    if kind == "attention":  # its one dropout, before the vocabulary layer: --dropout, else --decoder-dropout
+        dropout = a.get("dropout", 0.0) or a.get("decoder_dropout", 0.0)
         decoder = AttentionDecoder(a["embed_size"], a["hidden_size"], a["vocab_size"], a.get("attention_size"),
-                                   a["embed_size"], a.get("start_id", 0), a.get("end_id", 1), a.get("dropout", 0.0),
+                                   a["embed_size"], a.get("start_id", 0), a.get("end_id", 1), dropout,
                                    a.get("attention_word_out", True), a.get("banned_ids", ()),
                                    a.get("no_end_after", ()))
     else:

@@ -36,11 +36,11 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from data_loader import (CocoCaptionDataset, LengthBatchSampler, collate_skipping, data_defaults, default_vocab_file,
-                         find_split, get_transform, train_captions_file)
+                         find_split, get_transform, image_digests, train_captions_file)
 from features import atomic_save, cached_features, compute_features
 from metrics import caption_metrics
-from model import (CHECKPOINT_FORMAT, AttentionDecoder, attention_penalty, autocast, build_model, get_device,
-                   greedy_search, load_state, read_checkpoint, set_seed, word_rules)
+from model import (CHECKPOINT_FORMAT, DECODER_TYPES, AttentionDecoder, attention_penalty, autocast, build_model,
+                   get_device, greedy_search, load_state, read_checkpoint, set_seed, word_rules)
 import model_card
 import scst
 from vocabulary import Vocabulary, load_or_build_vocab
@@ -74,7 +74,8 @@ class TrainConfig:
     hidden_size: int = opt(512, "LSTM hidden units")
     num_layers: int = opt(1, "LSTM layers")
     dropout: float = opt(0.0, "dropout between LSTM layers (needs num_layers > 1); attention: before the output layer")
-    image_every_step: bool = opt(False, "give the LSTM the image beside every word, not only first (par-inject)")
+    image_every_step: bool = opt(False, "lstm decoder: give the LSTM the image beside every word, not only first "
+                                        "(par-inject); the attention decoder always does, so it is ignored there")
     decoder: str = opt("lstm", "lstm (the seed's) or attention (Show, Attend and Tell: weighs every map position "
                                "before each word)")
     attention_size: int = opt(0, "attention decoder: hidden size of the additive attention; 0: hidden_size")
@@ -82,7 +83,8 @@ class TrainConfig:
     attention_word_out: bool = opt(True, "attention decoder: the previous word's embedding joins the deep output "
                                          "(Xu et al. eq. 7); False: only the LSTM state and the context do")
     decoder_dropout: float = opt(0.0, "lstm decoder: dropout on the LSTM's inputs and on its outputs before the "
-                                      "vocabulary layer")
+                                      "vocabulary layer; attention decoder: dropout before the vocabulary layer "
+                                      "(as --dropout, which wins when both are set)")
     # optimisation
     epochs: int = opt(10, "passes over every training caption")
     batch_size: int = opt(128, "captions per step (per process under torchrun)")
@@ -156,9 +158,11 @@ RESUMABLE = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", 
              "best_metric", "device", "num_workers", "cache_dir", "save_every", "log_every", "compile", "strict",
              "attention_reg", "scst_epochs", "scst_samples", "scst_baseline", "scst_lr", "scst_max_len")
 RUN_FOLDER = ("out_dir", "run_name")
+PATH_SETTINGS = ("data_root", "cache_dir", "out_dir", "init_from")  # compared as resolved paths on resume
 
 # The scores each epoch logs, and which way each improves: --best-metric must be one of them.
 LOWER_IS_BETTER = ("train_loss", "train_ppl", "val_loss", "val_ppl")
+TRAIN_SCORES = ("train_loss", "train_ppl")  # of the training phase's own loss: cross-entropy, or self-critical
 EPOCH_SCORERS = ("Bleu", "CIDEr")  # metrics.py scorers run on the greedy validation captions every epoch
 EPOCH_SCORES = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "CIDEr")  # what those scorers return; higher is better
 SHAPES_SCORES = ("object_f1", "object_exact")  # shapes data only (metrics.caption_metrics); higher is better
@@ -450,7 +454,31 @@ def make_checkpoint(model, optimizer, cfg, vocab, epoch, state, metrics):
     return {"format": CHECKPOINT_FORMAT, "model_args": cfg.model_args(vocab),
             "encoder": model.encoder.state_dict(), "decoder": model.decoder.state_dict(),
             "optimizer": optimizer.state_dict(), "vocab": vocab.to_dict(), "config": asdict(cfg),
-            "epoch": epoch, "step": state["step"], "best_score": state["best"], "metrics": metrics, "rng": rng}
+            "epoch": epoch, "step": state["step"], "best_score": state["best"], "metrics": metrics, "rng": rng,
+            "train_images": state.get("train_images"), "val_images": state.get("val_images")}
+
+
+def split_digests(split):
+    """image_digests of a split's usable images: the record, in every checkpoint, of the images it trained on
+    (train) and was chosen on (val), so evaluate.py can say when a split it scores overlaps them."""
+    rows = np.unique(split.dataset.caption_image[split.usable])
+    return image_digests([split.dataset.image_files[i] for i in rows])
+
+
+def score_the_start(model, optimizer, cfg, vocab, val_split, state, device, run_dir):
+    """--init-from: validate the starting weights as epoch 0 of the new run and write them as best.pt, so an
+    epoch becomes best.pt only by beating them, and best.pt is never worse than what the run began from.
+
+    Not logged in metrics.jsonl (epoch 0 trained nothing: no training loss). A --best-metric that epoch 0 cannot
+    score (train_loss, train_ppl) leaves best.pt to the first epoch, as before.
+    """
+    metrics, _ = validate(model, val_split, cfg, device)
+    metrics = {"epoch": 0, "step": 0, **metrics}
+    shown = "  ".join(f"{k} {metrics[k]:.3f}" for k in ("val_loss", "Bleu_4", "CIDEr", "object_f1") if k in metrics)
+    tqdm.write(f"epoch 0 (the --init-from weights): {shown}")
+    if cfg.best_metric in metrics:
+        state["best"] = metrics[cfg.best_metric]
+        atomic_save(make_checkpoint(model, optimizer, cfg, vocab, 0, state, metrics), Path(run_dir) / "best.pt")
 
 
 def restore_rng(rng):
@@ -486,7 +514,8 @@ def resume_config(run_dir, overrides=None):
     ckpt = resume_checkpoint(run_dir)
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     saved = TrainConfig(**{k: v for k, v in ckpt["config"].items() if k in known})
-    changed = {k: v for k, v in (overrides or {}).items() if k != "resume" and v != getattr(saved, k)}
+    changed = {k: v for k, v in (overrides or {}).items()
+               if k != "resume" and v != getattr(saved, k) and not same_path(k, v, getattr(saved, k))}
     refused = [k for k in changed if k not in RESUMABLE + RUN_FOLDER]
     if refused:
         named = ", ".join(f"{flag(k)} {changed[k]!r} (the run's: {getattr(saved, k)!r})" for k in refused)
@@ -516,6 +545,14 @@ def resume_checkpoint(run_dir):
     return ckpt
 
 
+def same_path(name, given, saved):
+    """Whether two values of a path setting name one place (data/x/ and data/x, or a relative and an absolute
+    spelling of it): a resumed run is not refused for writing its data root another way."""
+    if name not in PATH_SETTINGS or not given or not saved:
+        return False
+    return Path(given).expanduser().resolve() == Path(saved).expanduser().resolve()
+
+
 def flag(name):
     """The command-line spelling of a TrainConfig field."""
     return "--" + name.replace("_", "-")
@@ -528,15 +565,86 @@ def best_metric_names(cfg):
 
 
 def check_best_metric(cfg):
-    """Refuse, before any work, a --best-metric that no epoch would log."""
+    """Refuse, before any work, a --best-metric that no epoch would log, or that would compare unlike losses."""
     names = best_metric_names(cfg)
     if cfg.best_metric not in names:
         raise ValueError(f"--best-metric {cfg.best_metric!r} is not a score this run logs on {cfg.data_root}; "
                          f"choose one of {', '.join(names)}")
+    if cfg.scst_epochs > 0 and cfg.best_metric in TRAIN_SCORES:
+        # a self-critical loss (about -0.03) is no cross-entropy (about 2): the first such epoch would always win;
+        # and self-critical epochs log no perplexity at all
+        raise ValueError(f"--best-metric {cfg.best_metric} cannot pick best.pt across --scst-epochs: the "
+                         "self-critical epochs' training loss is not a cross-entropy; choose a validation score "
+                         f"({', '.join(n for n in names if n not in TRAIN_SCORES)})")
+
+
+def check_settings(cfg):
+    """Refuse, before any folder, data, cache or process group, every setting that some phase of the run would
+    fail on (the self-critical epochs start only after all the cross-entropy ones), and say which settings the
+    chosen decoder ignores. train() runs it on new, --init-from and --resume runs alike."""
+    check_best_metric(cfg)
+    problems = [f"{flag(name)} must be {rule}, got {getattr(cfg, name)!r}" for name, ok, rule in (
+        ("epochs", cfg.epochs >= 0, "0 or more"), ("scst_epochs", cfg.scst_epochs >= 0, "0 or more"),
+        ("batch_size", cfg.batch_size >= 1, "at least 1"), ("lr", cfg.lr >= 0, "0 or more"),
+        ("weight_decay", cfg.weight_decay >= 0, "0 or more"), ("grad_clip", cfg.grad_clip >= 0, "0 or more"),
+        ("max_len", cfg.max_len >= 1, "at least 1"), ("val_images", cfg.val_images >= 0, "0 or more"),
+        ("save_every", cfg.save_every >= 1, "at least 1"), ("log_every", cfg.log_every >= 1, "at least 1"),
+        ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"), ("decoder_dropout", 0 <= cfg.decoder_dropout < 1, "in [0, 1)"),
+        ("decoder", cfg.decoder in DECODER_TYPES, f"one of {', '.join(DECODER_TYPES)}")) if not ok]
+    if cfg.train_backbone and cfg.feature_norm:  # prepare() would say so only after the folder and vocabulary
+        problems.append("--feature-norm needs a frozen backbone (its statistics come from the feature cache): "
+                        "leave out --train-backbone or give --no-feature-norm")
+    if cfg.scst_epochs > 0:
+        problems += scst_problems(cfg)
+    problems += decoder_problems(cfg)
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def scst_problems(cfg):
+    """What the self-critical epochs (scst.train_scst_epoch, scst_step) would fail on, named by flag."""
+    problems = []
+    if cfg.scst_baseline not in scst.BASELINES:
+        problems.append(f"--scst-baseline must be one of {', '.join(scst.BASELINES)}, got {cfg.scst_baseline!r}")
+    if cfg.scst_samples < 1:
+        problems.append(f"--scst-samples must be at least 1, got {cfg.scst_samples}")
+    elif cfg.scst_baseline == "mean" and cfg.scst_samples < 2:
+        problems.append(f"--scst-baseline mean needs --scst-samples 2 or more (each sample's baseline is the mean "
+                        f"of the image's other samples), got {cfg.scst_samples}; or use --scst-baseline greedy")
+    if cfg.train_backbone:
+        problems.append("--scst-epochs train from the feature cache and need a frozen backbone: leave out "
+                        "--train-backbone, or fine-tune first and continue with --init-from")
+    if cfg.scst_lr < 0:
+        problems.append(f"--scst-lr must be 0 or more, got {cfg.scst_lr}")
+    if cfg.scst_max_len < 0:
+        problems.append(f"--scst-max-len must be 0 (max_len) or more, got {cfg.scst_max_len}")
+    return problems
+
+
+def decoder_problems(cfg):
+    """Settings the chosen decoder cannot honour: conflicting ones are problems; those it ignores get a note."""
+    if cfg.decoder != "attention":
+        if cfg.attention_reg:
+            return [f"--attention-reg {cfg.attention_reg} needs --decoder attention (the lstm decoder has no "
+                    "attention weights to regularise); leave it out"]
+        return []
+    problems = []
+    if cfg.num_layers != 1:
+        problems.append(f"--decoder attention has one LSTM layer; got --num-layers {cfg.num_layers}")
+    if cfg.dropout and cfg.decoder_dropout and cfg.dropout != cfg.decoder_dropout:
+        problems.append(f"--dropout {cfg.dropout} and --decoder-dropout {cfg.decoder_dropout} both set the attention "
+                        "decoder's dropout before its vocabulary layer; give one of them")
+    if cfg.image_every_step and os.environ.get("RANK", "0") == "0":
+        print("note: --image-every-step is ignored by --decoder attention: its LSTM reads the attended image "
+              "context at every step anyway")
+    return problems
 
 
 def improves(metric, score, best):
-    """Whether `score` beats `best` (None: no score yet): losses and perplexities fall, caption scores rise."""
+    """Whether `score` beats `best` (None: no score yet): losses and perplexities fall, caption scores rise.
+    A score the epoch did not log (None) never improves: that epoch's checkpoint still goes to last.pt."""
+    if score is None:
+        return False
     if best is None:
         return True
     return score < best if metric in LOWER_IS_BETTER else score > best
@@ -616,7 +724,7 @@ def train(cfg):
         cfg, ckpt = resume_config(cfg.resume, asdict(cfg))
     elif cfg.init_from:
         cfg, init = init_config(cfg)
-    check_best_metric(cfg)  # before any folder, data, cache or process group
+    check_settings(cfg)  # before any folder, data, cache or process group
     rank, world_size, device = setup_distributed(cfg)
     set_seed(cfg.seed)
     if rank == 0:
@@ -632,11 +740,14 @@ def train(cfg):
     model = Captioner(encoder, decoder).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "best": None}
+    state = {"step": 0, "best": None, "train_images": split_digests(train_split),
+             "val_images": split_digests(val_split)}
     start_epoch = 0
     if init is not None:  # its weights only: the optimiser, epoch and best score start afresh
         load_state(model.encoder, init["encoder"], "encoder")
         load_state(model.decoder, init["decoder"], "decoder")
+        if rank == 0:
+            score_the_start(model, optimizer, cfg, vocab, val_split, state, device, run_dir)
     if ckpt is not None:
         load_state(model.encoder, ckpt["encoder"], "encoder")
         load_state(model.decoder, ckpt["decoder"], "decoder")
@@ -688,7 +799,7 @@ def train(cfg):
             metrics = {"epoch": epoch + 1, "step": state["step"], "train_loss": train_loss, **logged, **metrics,
                        "captions_per_s": speed, "epoch_time_s": time.time() - t0}
             log_epoch(run_dir, metrics)
-            improved = improves(cfg.best_metric, metrics[cfg.best_metric], state["best"])
+            improved = improves(cfg.best_metric, metrics.get(cfg.best_metric), state["best"])
             if improved:
                 state["best"] = metrics[cfg.best_metric]
             last = epoch + 1 == total_epochs

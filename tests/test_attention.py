@@ -244,6 +244,45 @@ def test_attention_word_out_flag_reaches_the_checkpoint_and_the_model(tmp_path):
     assert model.build_model(dict(old, pretrained=False))[1].word_out is True
 
 
+def test_decoder_dropout_is_the_attention_decoders_dropout_and_old_checkpoints_decode_the_same(tmp_path):
+    """--preset flickr8k --decoder attention sets decoder_dropout 0.5, which the attention decoder ignored (it
+    trained without dropout). It is now the dropout before the vocabulary layer; --dropout wins when set. A
+    dropout layer holds no weights, so a checkpoint written before decodes exactly as it did."""
+    import train
+    cfg = train.parse_args(["--preset", "flickr8k", "--decoder", "attention", "--embed-size", str(E),
+                            "--hidden-size", str(H), "--no-pretrained"])
+    args = cfg.model_args(Vocabulary("a red circle".split()))
+    torch.manual_seed(0)
+    _, decoder = model.build_model(args)
+    assert decoder.dropout.p == 0.5 == cfg.decoder_dropout
+    assert model.build_model(dict(args, dropout=0.3))[1].dropout.p == 0.3
+    feats, captions = annotations(3), torch.randint(2, 6, (3, 5))
+    decoder.train()
+    with torch.no_grad():
+        assert not torch.equal(decoder(feats, captions), decoder(feats, captions))  # dropout at work
+    # a decoder built as before (no dropout) with the same weights: identical in evaluation
+    before = model.build_model(dict(args, decoder_dropout=0.0))[1]
+    assert before.dropout.p == 0.0
+    before.load_state_dict(decoder.state_dict())
+    decoder.eval(), before.eval()
+    with torch.no_grad():
+        assert torch.equal(decoder(feats, captions), before(feats, captions))
+    assert greedy_search(decoder, feats, MAX_LEN)[0] == greedy_search(before, feats, MAX_LEN)[0]
+
+
+def test_settings_the_attention_decoder_cannot_use_are_named_at_start_up(capsys):
+    import train
+    cfg = train.make_config("flickr8k", decoder="attention")
+    train.check_settings(cfg)  # runs, but says that image_every_step does nothing here
+    assert "--image-every-step is ignored by --decoder attention" in capsys.readouterr().out
+    train.check_settings(train.make_config("flickr8k", decoder="attention", image_every_step=False))
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="--dropout 0.3 and --decoder-dropout 0.5 both set the attention decoder"):
+        train.check_settings(train.make_config("flickr8k", decoder="attention", dropout=0.3))
+    with pytest.raises(ValueError, match="--decoder attention has one LSTM layer"):
+        train.check_settings(train.make_config("flickr8k", decoder="attention", num_layers=2))
+
+
 # ---------------------------------------------------------------------------------------------------
 # The encoder and checkpoints
 # ---------------------------------------------------------------------------------------------------

@@ -62,8 +62,9 @@ def make_flickr(root, n_train=6, n_val=2, n_test=2, k=5, size=(6, 4)):
     return root, splits
 
 
-def make_kaggle(root, n=16, rows=None):
-    """Kaggle's layout: Images/ and captions.txt (a CSV with a header), written by hand to control quoting."""
+def make_kaggle(root, n=24, rows=None):
+    """Kaggle's layout: Images/ and captions.txt (a CSV with a header), written by hand to control quoting.
+    24 images: the split by file-name hash (no split files) then gives each split at least one (19 / 3 / 2)."""
     names = image_names(n)
     write_images(root / "Images", names)
     if rows is None:
@@ -151,19 +152,39 @@ def test_kaggle_layout_csv_quirks(tmp_path, capsys):
 
 
 def test_kaggle_fixed_split_says_so(tmp_path, capsys):
-    root, names = make_kaggle(tmp_path / "kaggle", n=16)
+    root, names = make_kaggle(tmp_path / "kaggle", n=24)
     train = load(dl.find_split(root, "train")[1])
     out = capsys.readouterr().out
-    assert "NOT the official Flickr8k split" in out and "12 / 2 / 2" in out
+    assert "NOT the official Flickr8k split" in out and "19 / 3 / 2" in out
     sizes = {s: len(load(dl.find_split(root, s)[1])["images"]) for s in ds.SPLITS}
-    assert sizes == {"train": 12, "val": 2, "test": 2}
-    assert len(train["annotations"]) == 60
+    assert sizes == {"train": 19, "val": 3, "test": 2}
+    assert len(train["annotations"]) == 95
     # Deterministic: the same names land in the same split every time.
     assert ds.fixed_split(names) == ds.fixed_split(list(reversed(names)))
     split = ds.fixed_split(image_names(8091))
-    assert [len(split[s]) for s in ds.SPLITS] == [6000, 1000, 1091]
-    assert split["train"][:3] == ds.fixed_split(image_names(8091))["train"][:3]
+    assert [len(split[s]) for s in ds.SPLITS] == [5992, 1002, 1097]  # about 6,000 / 1,000 / 1,091
     assert set(split["train"]).isdisjoint(split["val"]) and set(split["val"]).isdisjoint(split["test"])
+
+
+def test_kaggle_split_of_an_image_depends_on_its_name_alone(tmp_path, capsys):
+    """Removing or adding images moves no other image between splits: the test images stay unseen by a model
+    trained on the earlier train split. (A shuffle of the whole list moved most of them, 72 of 99 test images
+    into the old train split after one removal from 800.)"""
+    names = image_names(800)
+    before = ds.fixed_split(names)
+    owner = {name: split for split, part in before.items() for name in part}
+    for changed in (names[1:], names[:400], names + image_names(50, prefix="new")):
+        after = ds.fixed_split(changed)
+        assert all(owner.get(name, split) == split for split, part in after.items() for name in part)
+    # through the conversion: one image and its captions gone, the others keep their splits
+    root, names = make_kaggle(tmp_path / "kaggle", n=40)
+    splits = {s: [im["file_name"] for im in load(dl.find_split(root, s)[1])["images"]] for s in ds.SPLITS}
+    gone = splits["train"][0]
+    (root / "Images" / gone).unlink()
+    rows = (root / "captions.txt").read_text().splitlines()
+    (root / "captions.txt").write_text("\n".join(r for r in rows if not r.startswith(gone)) + "\n")
+    again = {s: [im["file_name"] for im in load(dl.find_split(root, s)[1])["images"]] for s in ds.SPLITS}
+    assert again == {**splits, "train": splits["train"][1:]}
 
 
 @pytest.mark.parametrize("where", ["beside", "Flickr8k_text"])
@@ -274,18 +295,27 @@ def test_image_in_two_splits_is_an_error(tmp_path):
 
 
 def test_kaggle_bad_rows(tmp_path):
-    rows = ["a.jpg,A dog runs .", "a.jpg,A dog runs .", "b.jpg,", "missing.jpg,A ghost ."]
+    rows = ["a.jpg,A dog runs .", "b.jpg,", "missing.jpg,A ghost ."]
     root, _ = make_kaggle(tmp_path / "k", n=0, rows=rows)
     with open(root / "captions.txt", "ab") as f:
         f.write(b"a.jpg,caf\xe9 au lait\n")
     write_images(root / "Images", ["a.jpg", "b.jpg", "c.jpg"])
     manifest, data = converted(root)
     assert sum(len(d["annotations"]) for d in data.values()) == 1 and list(data) == ["train"]
-    assert skip_lines(manifest, "repeated (image, caption) rows")[0].startswith("1 ")
-    assert "captions.txt:4" in skip_lines(manifest, "malformed lines")[0]  # line 1 is the header
-    assert "captions.txt:6 (byte 10)" in skip_lines(manifest, "not UTF-8")[0]
+    assert "captions.txt:3" in skip_lines(manifest, "malformed lines")[0]  # line 1 is the header
+    assert "captions.txt:5 (byte 10)" in skip_lines(manifest, "not UTF-8")[0]
     assert "missing.jpg" in skip_lines(manifest, "captions whose image file is missing")[0]
     assert skip_lines(manifest, "images without captions")[0].startswith("2 ")  # b.jpg and c.jpg
+
+
+def test_kaggle_keeps_a_caption_written_twice_for_one_image(tmp_path):
+    """Flickr8k has images with one caption written by two annotators: the original layout gives them 5
+    references, so Kaggle's must too."""
+    rows = [f"a.jpg,{c}" for c in ["A dog runs .", "A dog runs .", "A brown dog .", "A dog on grass .", "Dog ."]]
+    root, _ = make_kaggle(tmp_path / "k", n=0, rows=rows)
+    write_images(root / "Images", ["a.jpg"])
+    data = ds.detect(root).read()
+    assert data.captions["a.jpg"] == [r.split(",", 1)[1] for r in rows] and not data.skips.counts
 
 
 def test_kaggle_without_header_is_an_error(tmp_path):
@@ -322,9 +352,45 @@ def test_karpathy_json_errors_name_the_line(tmp_path):
     with pytest.raises(ds.DataSourceError, match=r"dataset_flickr8k.json:3: not valid JSON"):
         dl.find_split(root, "train")
     path, _ = make_karpathy(tmp_path / "k2")
-    (tmp_path / "k2" / "Images" / "k000.jpg").unlink()
-    with pytest.raises(ds.DataSourceError, match="its images .k000.jpg. are in none of"):
+    for image in (tmp_path / "k2" / "Images").iterdir():
+        image.unlink()
+    with pytest.raises(ds.DataSourceError, match="its images .k000.jpg, ....? are in none of"):
         dl.find_split(path, "train")
+
+
+def test_karpathy_partial_download_finds_the_folder_and_counts_the_missing_images(tmp_path):
+    """The JSON's first image is missing (a partial download): the folder is found from those that exist."""
+    path, images = make_karpathy(tmp_path / "k")
+    (tmp_path / "k" / "Images" / "k000.jpg").unlink()
+    manifest, data = converted(tmp_path / "k")
+    assert manifest["image_dir"] == str(tmp_path / "k" / "Images")
+    assert [im["file_name"] for im in data["train"]["images"]] == ["k001.jpg", "k002.jpg"]
+    [line] = skip_lines(manifest, "captions whose image file is missing")
+    assert line.startswith("5 ") and line.count("k000.jpg") == 1  # five captions, one example named once
+
+
+def test_karpathy_json_and_readme_beside_the_images_are_not_images(tmp_path):
+    root = tmp_path / "k"
+    path, images = make_karpathy(root)
+    for image in (root / "Images").iterdir():
+        image.rename(root / image.name)  # the images beside the JSON (the candidate folder "")
+    (root / "Images").rmdir()
+    (root / "README.md").write_text("Karpathy's splits")
+    write_images(root, ["uncaptioned.jpg"])
+    manifest, _ = converted(root)
+    assert manifest["image_dir"] == str(root)
+    [line] = skip_lines(manifest, "images without captions")
+    assert line.startswith("1 ") and "uncaptioned.jpg" in line
+
+
+def test_karpathy_coco_conversion_is_redone_when_any_image_folder_changes(tmp_path):
+    path, _ = make_karpathy(tmp_path / "coco", file="dataset_coco.json", coco=True)
+    source = ds.detect(path)
+    assert {tmp_path / "coco" / "train2014", tmp_path / "coco" / "val2014"} <= set(source.inputs)
+    stamp = ds.fingerprint(source)
+    time.sleep(0.01)
+    write_images(tmp_path / "coco" / "val2014", ["COCO_x_099.jpg"])  # val2014: not the first image's folder
+    assert ds.fingerprint(ds.detect(path)) != stamp
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -424,6 +490,7 @@ def test_shared_flickr8k(flickr8k, tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # The issue's two commands, end to end, on a Flickr8k folder that holds a test split
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")  # --backend python: no METEOR
 def test_flickr8k_preset_trains_and_evaluate_scores_the_test_split(tmp_path, capsys):
     """train.py --preset flickr8k, then evaluate.py --split test --beam 3 --out EVAL, as the issue runs them
     (sizes shrunk so that it takes seconds): EVAL/scores_test_beam3.json holds every metric, METEOR with Java."""
@@ -450,6 +517,22 @@ def test_flickr8k_preset_trains_and_evaluate_scores_the_test_split(tmp_path, cap
     captions = json.loads((out / "captions_test_beam3.json").read_text())
     test_ids = {im["id"] for im in load(dl.find_split(root, "test")[1])["images"]}
     assert {c["image_id"] for c in captions} == test_ids
+    assert record["chosen_on_this_split"] is False and record["images_trained_on"] == 0
+    # the dev split chose best.pt: its scores say so, whichever way the data root is written
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(run / "tiny" / "best.pt"), "--data-root", str(root) + "/",
+                          "--split", "val", "--out", str(out), "--backend", "python"]) == 0
+    assert "chosen on these val images (its validation split), so these scores are optimistic" in \
+        capsys.readouterr().out
+    assert json.loads((out / "scores_val_beam1.json").read_text())["chosen_on_this_split"] is True
+    # a split redrawn after training: two training images moved to test are counted
+    text = root / "Flickr8k_text"
+    (text / ds.FLICKR_SPLIT_FILES["train"]).write_text("\n".join(splits["train"][2:]) + "\n")
+    (text / ds.FLICKR_SPLIT_FILES["test"]).write_text("\n".join(splits["test"] + splits["train"][:2]) + "\n")
+    assert evaluate.main(["--checkpoint", str(run / "tiny" / "best.pt"), "--data-root", str(root), "--split", "test",
+                          "--out", str(out), "--backend", "python"]) == 0
+    assert "warning: 2 of these 5 test images are among those the checkpoint was trained on" in capsys.readouterr().out
+    assert json.loads((out / "scores_test_beam1.json").read_text())["images_trained_on"] == 2
 
 
 def test_dataset_notebook_on_shared_flickr8k(flickr8k, tmp_path, monkeypatch):
@@ -477,3 +560,10 @@ def test_data_defaults_pick_the_flickr8k_preset_and_the_split_to_score(tmp_path)
     assert dl.data_defaults(kaggle) == {"kind": "kaggle", "preset": "flickr8k", "eval_split": "test"}
     cfg = make_config(AUTO_PRESET, data_root=str(without))
     assert cfg.decoder_dropout == PRESETS["flickr8k"]["decoder_dropout"] and cfg.best_metric == "CIDEr"
+    # Karpathy's COCO split is COCO's photographs: the coco preset, wherever the JSON lies
+    coco_json, _ = make_karpathy(tmp_path / "karpathy-coco", file="dataset_coco.json", coco=True)
+    for root in (coco_json, coco_json.parent):
+        assert dl.data_defaults(root) == {"kind": "karpathy", "preset": "coco", "eval_split": "test"}
+        assert make_config(AUTO_PRESET, data_root=str(root)).backbone == PRESETS["coco"]["backbone"]
+    flickr_json, _ = make_karpathy(tmp_path / "karpathy-8k")
+    assert dl.data_defaults(flickr_json)["preset"] == "flickr8k"

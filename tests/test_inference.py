@@ -218,6 +218,46 @@ def test_evaluate_scores_the_data_roots_own_split_and_says_when_best_pt_was_chos
         capsys.readouterr().out
 
 
+@pytest.mark.filterwarnings("ignore::metrics.MissingMetricWarning")
+def test_evaluate_counts_the_images_the_checkpoint_trained_and_was_chosen_on(checkpoint, tiny_shapes, tmp_path,
+                                                                              capsys):
+    """The checkpoint records digests of its training and validation images; evaluate says when the split it
+    scores holds any, and the scores JSON carries it. A checkpoint without the record: chosen when its validation
+    caption file is the one scored (the data root spelt any way), trained unknown."""
+    from data_loader import image_digests
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    train_files = CocoCaptionDataset(*find_split(tiny_shapes, "train"), load_checkpoint(checkpoint)[2]).image_files
+    assert torch.equal(ckpt["train_images"], image_digests(train_files)) and len(ckpt["train_images"]) == 64
+    assert torch.equal(ckpt["val_images"], ckpt["train_images"])  # the tiny config validates on train
+
+    def scored(path, split, **kwargs):
+        evaluate.evaluate_checkpoint(path, split, out_dir=tmp_path, backend="python", **kwargs)
+        return json.loads((tmp_path / f"scores_{split}_beam1.json").read_text()), capsys.readouterr().out
+
+    record, out = scored(checkpoint, "test")
+    assert (record["chosen_on_this_split"], record["images_trained_on"], record["notes"]) == (False, 0, [])
+    assert "optimistic" not in out and "warning" not in out
+    record, out = scored(checkpoint, "train")
+    assert "warning: 64 of these 64 train images are among those the checkpoint was trained on" in out
+    assert "note: the checkpoint was chosen on these train images" in out and record["notes"] == out.splitlines()
+    assert record["chosen_on_this_split"] is True and record["images_chosen_on"] == record["images_trained_on"] == 64
+    # five test images among the training ones (a split redrawn after training, as Kaggle's fallback split was)
+    test_files = CocoCaptionDataset(*find_split(tiny_shapes, "test"), load_checkpoint(checkpoint)[2]).image_files
+    torch.save({**ckpt, "train_images": image_digests(test_files[:5])}, tmp_path / "redrawn.pt")
+    record, out = scored(tmp_path / "redrawn.pt", "test")
+    assert "warning: 5 of these 16 test images are among those the checkpoint was trained on" in out
+    assert record["images_trained_on"] == 5 and record["chosen_on_this_split"] is False
+    # written before the record
+    old = {k: v for k, v in ckpt.items() if k not in ("train_images", "val_images")}
+    torch.save(old, tmp_path / "old.pt")
+    record, out = scored(tmp_path / "old.pt", "train", data_root=str(tiny_shapes) + "/")
+    assert record["chosen_on_this_split"] is True and record["images_trained_on"] is None
+    assert "chosen on these train images" in out and "warning" not in out
+    record, _ = scored(tmp_path / "old.pt", "test")
+    assert record["chosen_on_this_split"] is False
+
+
 def test_evaluate_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
     cases = [(["--checkpoint", str(tmp_path / "nope.pt")], "checkpoint not found"),
              (["--checkpoint", str(checkpoint), "--split", "nosuchsplit"], "no caption file for split 'nosuchsplit'"),

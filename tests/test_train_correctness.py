@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -240,6 +241,91 @@ def test_resume_keeps_best_pt_when_last_pt_is_older(tiny_shapes, tmp_path, monke
     assert rows[2] == best["metrics"]  # the log still shows where best.pt came from
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert last["epoch"] == 5 and last["step"] == best_before["step"] * 5 // 3  # epochs 4 and 5 only, after best.pt
+
+
+# ---------------------------------------------------------------------------------------------------
+# Every phase's settings are checked at start-up; --init-from's starting weights are the best to beat
+# ---------------------------------------------------------------------------------------------------
+REFUSED_AT_START_UP = [
+    (dict(scst_baseline="greed"), "--scst-baseline must be one of mean, greedy, got 'greed'"),
+    (dict(scst_samples=1), "--scst-baseline mean needs --scst-samples 2 or more"),
+    (dict(scst_samples=0), "--scst-samples must be at least 1, got 0"),
+    (dict(train_backbone=True), "need a frozen backbone"),
+    (dict(best_metric="train_loss"), "--best-metric train_loss cannot pick best.pt across --scst-epochs"),
+    (dict(best_metric="train_ppl"), "--best-metric train_ppl cannot pick best.pt across --scst-epochs"),
+]
+
+
+@pytest.mark.parametrize("setting, message", REFUSED_AT_START_UP, ids=lambda v: str(v)[:30])
+def test_self_critical_settings_are_refused_before_the_cross_entropy_epochs(tiny_shapes, tmp_path, capsys, setting,
+                                                                           message):
+    """Each of these used to train every cross-entropy epoch first, then fail when the self-critical phase began
+    (train_ppl with a bare KeyError, losing that epoch's weights; train_loss silently preferred the first
+    self-critical epoch, whose loss is no cross-entropy)."""
+    cfg = tiny_train_config(tiny_shapes, tmp_path, **{**dict(epochs=1, scst_epochs=1, scst_samples=3), **setting})
+    assert train_mod.main(cli_flags(cfg)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: ") and message in err
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "cache").exists()  # nothing was started
+
+
+def test_self_critical_settings_are_refused_on_resume_before_any_work(one_epoch_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run_dir)
+    before = {f: (run_dir / f).read_bytes() for f in ("last.pt", "best.pt", "metrics.jsonl", "config.json")}
+    for given in (dict(scst_epochs=1, scst_samples=1), dict(scst_epochs=1, best_metric="train_ppl")):
+        with pytest.raises(ValueError, match="--scst-samples 2 or more|cannot pick best.pt across"):
+            train(train_mod.make_config(resume=str(run_dir), epochs=1, **given))
+    assert {f: (run_dir / f).read_bytes() for f in before} == before
+
+
+def test_other_settings_of_every_phase_are_checked_at_start_up(tiny_shapes, tmp_path):
+    checks = [(dict(batch_size=0), "--batch-size must be at least 1"), (dict(max_len=0), "--max-len must be"),
+              (dict(decoder_dropout=1.0), "--decoder-dropout must be in [0, 1)"),
+              (dict(attention_reg=0.1), "--attention-reg 0.1 needs --decoder attention"),
+              (dict(train_backbone=True), "--feature-norm needs a frozen backbone"),
+              (dict(scst_epochs=1, scst_samples=3, scst_max_len=-1), "--scst-max-len must be")]
+    for setting, message in checks:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            train(tiny_train_config(tiny_shapes, tmp_path, **setting))
+    assert not (tmp_path / "tiny").exists()
+    # the self-critical settings matter only with self-critical epochs
+    train_mod.check_settings(tiny_train_config(tiny_shapes, tmp_path, scst_samples=1, best_metric="train_ppl"))
+
+
+def test_a_score_an_epoch_did_not_log_never_counts_as_better():
+    assert not train_mod.improves("train_ppl", None, 3.0) and not train_mod.improves("train_ppl", None, None)
+    assert train_mod.improves("val_loss", 2.0, None) and train_mod.improves("val_loss", 2.0, 3.0)
+
+
+@pytest.mark.parametrize("later, best_epoch", [(2.0, 0), (0.5, 1)])
+def test_init_from_scores_its_start_so_best_pt_is_never_worse(one_epoch_run, tmp_path, monkeypatch, capsys, later,
+                                                              best_epoch):
+    """The starting weights are validated as epoch 0 and written as best.pt: an epoch that scores worse (val_loss
+    2.0 against 1.0, scripted) leaves best.pt the starting weights; a better one replaces it."""
+    start = torch.load(one_epoch_run / "best.pt", weights_only=True)
+    scripted(monkeypatch, "val_loss", [1.0, later])
+    run_dir = train(tiny_train_config(start["config"]["data_root"], tmp_path, epochs=1, best_metric="val_loss",
+                                      init_from=str(one_epoch_run / "best.pt")))
+    assert "epoch 0 (the --init-from weights)" in capsys.readouterr().out
+    best = torch.load(run_dir / "best.pt", weights_only=True)
+    assert best["epoch"] == best_epoch and best["best_score"] == min(1.0, later)
+    assert best["metrics"]["val_loss"] == min(1.0, later)
+    same = all(torch.equal(t, best["decoder"][k]) for k, t in start["decoder"].items())
+    assert same == (best_epoch == 0)
+    assert [r["epoch"] for r in read_metrics(run_dir)] == [1]  # epoch 0 trained nothing: not a log row
+
+
+def test_resume_takes_another_spelling_of_the_data_root(one_epoch_run, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run_dir)
+    root = json.loads((run_dir / "config.json").read_text())["data_root"]
+    monkeypatch.chdir(Path(root).parent)
+    for spelling in (root + "/", str(Path(root).name), "./" + Path(root).name + "/"):
+        cfg = train_mod.make_config(resume=str(run_dir), data_root=spelling, epochs=2)
+        assert cfg.data_root == root and cfg.epochs == 2
+    with pytest.raises(ValueError, match="cannot resume .* with --data-root"):
+        train_mod.make_config(resume=str(run_dir), data_root=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------
