@@ -323,7 +323,7 @@ def test_bad_attention_options_say_what_is_wrong(changes, message):
 def test_checkpoint_round_trip_rebuilds_the_attention_decoder(tmp_path):
     torch.manual_seed(0)
     vocab = Vocabulary("a red blue green circle square triangle left right".split())  # 9 words + 3 specials
-    args = dict(ARGS, vocab_size=len(vocab), local_hidden=8, feature_norm=True, dropout=0.5)
+    args = dict(ARGS, vocab_size=len(vocab), local_hidden=8, feature_norm=True, dropout=0.5, **model.word_rules(vocab))
     encoder, decoder = model.build_model(args)
     torch.save({"format": model.CHECKPOINT_FORMAT, "model_args": args, "encoder": encoder.state_dict(),
                 "decoder": decoder.state_dict(), "vocab": vocab.to_dict()}, tmp_path / "ckpt.pt")

@@ -20,7 +20,7 @@ import evaluate
 import metrics
 from conftest import REPO_ROOT, tiny_train_config
 from data_loader import CocoCaptionDataset, find_split, get_transform, load_image
-from model import beam_search, caption_batch, greedy_search, latest_checkpoint, load_checkpoint
+from model import allowed_scores, beam_search, caption_batch, greedy_search, latest_checkpoint, load_checkpoint
 from vocabulary import read_captions, tokenize
 
 NOTEBOOK = REPO_ROOT / "3_Inference.ipynb"
@@ -60,11 +60,13 @@ def tiny_test_split(checkpoint):
 
 
 def sequence_logprob(encoder, decoder, vocab, feature, text, max_len):
-    """log P(caption | image) by teacher forcing: the reference for the scores the decoders report."""
+    """log P(caption | image) by teacher forcing, over the words the decoder's rules allow at each step (as
+    decoding renormalises): the reference for the scores the decoders report."""
     ids = vocab.encode(text)  # <start> w1 .. wn <end>
     with torch.no_grad():
         logits = decoder(encoder.embed(feature[None].float()), torch.tensor([ids]))  # (1, T, V)
-    logp = F.log_softmax(logits[0].float(), dim=-1)
+    previous = torch.tensor([ids[0]] + ids[:-1])  # (T,): scores[t] predicts ids[t] after ids[t - 1]
+    logp = F.log_softmax(allowed_scores(decoder, logits[0].float(), previous), dim=-1)
     targets = range(1, len(ids) if len(ids) - 2 < max_len else len(ids) - 1)  # no <end> if cut at max_len
     return sum(float(logp[t, ids[t]]) for t in targets)
 
