@@ -1,7 +1,7 @@
-"""Flickr8k side by side: the seed's model and the `flickr8k` recipe, trained on the same data in one run.
+"""Flickr8k side by side: the seed's model, the `flickr8k` recipe and `flickr8k-best`, trained on the same data.
 
     python bench/flickr8k.py --data-root path/to/flickr8k --cache-dir data/cache
-    python bench/flickr8k.py --data-root path/to/flickr8k --only recipe --split test   # with a test split
+    python bench/flickr8k.py --data-root path/to/flickr8k --only best --split test   # with a test split
 
 For each model it trains from scratch (train.py's `train`, so exactly what the CLI does), times it, then
 captions the development split (`val`, or --split) with greedy decoding and with beam 3 and prints every
@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from evaluate import evaluate_checkpoint  # noqa: E402
-from metrics import scores_table  # noqa: E402
+from metrics import diagnostics_lines, scores_table  # noqa: E402
 from train import make_config, train  # noqa: E402
 
 # The seed's model as the issue measured it: TrainConfig's defaults at 224 px for 10 epochs.
-MODELS = {"seed": ("seed", dict(image_size=224, epochs=10)), "recipe": ("flickr8k", {})}
+MODELS = {"seed": ("seed", dict(image_size=224, epochs=10)), "recipe": ("flickr8k", {}), "best": ("flickr8k-best", {})}
 BEAMS = (1, 3)
 
 
@@ -45,10 +45,10 @@ def run_model(name, data_root, out_dir, cache_dir, split, epochs=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-root", default="data/flickr8k", help="a Flickr8k folder (any layout data_sources reads)")
-    parser.add_argument("--out-dir", default="runs", help="where the two run folders go (bench-seed, bench-recipe)")
+    parser.add_argument("--out-dir", default="runs", help="where the run folders go (bench-seed, bench-recipe, bench-best)")
     parser.add_argument("--cache-dir", default="data/cache", help="feature caches, shared with train.py")
     parser.add_argument("--split", default="val", help="split to score: val is Flickr8k's development split")
-    parser.add_argument("--only", choices=sorted(MODELS), default=None, help="train one of the two models only")
+    parser.add_argument("--only", choices=sorted(MODELS), default=None, help="train one of the models only")
     parser.add_argument("--epochs", type=int, default=None, help="override both models' epochs (quick checks)")
     args = parser.parse_args(argv)
     columns, times = {}, []
@@ -58,6 +58,8 @@ def main(argv=None):
         times.append(f"{name}: trained in {seconds / 60:.1f} min ({'cold' if cold else 'warm'} feature cache)")
     print(f"\n{args.data_root}, split {args.split}, best.pt of each run:\n")
     print(scores_table(columns))
+    for name, scores in columns.items():
+        print(f"\n{name}: " + "\n".join(diagnostics_lines(scores.diagnostics)))
     print("\n" + "\n".join(times))
 
 
