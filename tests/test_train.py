@@ -105,3 +105,16 @@ def test_cli_reports_a_missing_data_root_in_one_line(tmp_path):
                            "--out-dir", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 1
     assert done.stderr.startswith("error: no caption file for split 'train'") and "Traceback" not in done.stderr
+
+
+def test_flickr8k_best_is_the_fast_preset_then_self_critical_epochs():
+    """`--preset flickr8k-best` trains exactly what `--preset flickr8k` trains, then self-critical epochs: so a
+    flickr8k run resumed with the best preset's self-critical settings is that preset's run, epoch for epoch."""
+    import train as train_mod
+
+    fast, best = train_mod.PRESETS["flickr8k"], train_mod.PRESETS["flickr8k-best"]
+    extra = {k: v for k, v in best.items() if fast.get(k) != v}
+    assert set(extra) <= set(train_mod.RESUMABLE) and extra.get("scst_epochs", 0) > 0
+    assert {k: v for k, v in best.items() if k not in extra} == fast
+    cfg = train_mod.make_config("flickr8k-best")
+    assert cfg.epochs == fast["epochs"] and cfg.scst_epochs == best["scst_epochs"]
