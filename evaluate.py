@@ -159,7 +159,8 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
                     chosen_on_this_split=bool(chosen), images_chosen_on=chosen, images_trained_on=trained,
                     notes=notes, diagnostics=scores.diagnostics)
         write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
-        model_card.add_scores(checkpoint, {**info, "scores": dict(scores)})  # its row on MODEL_CARD.md
+        if word_rules:  # the model card lists the model as it captions; --no-word-rules is a measurement
+            model_card.add_scores(checkpoint, {**info, "scores": dict(scores)})  # its row on MODEL_CARD.md
     return scores, captions
 
 

@@ -86,6 +86,9 @@ def test_evaluate_adds_one_row_per_split_and_beam_the_newest_kept(run, tmp_path)
             assert cells[metric] == f"{record['scores'][metric]:.3f}", metric
     assert old["scores"]["Bleu_1"] != json.loads((run / "scores_test_beam1.json").read_text())["scores"]["Bleu_1"]
     assert "No evaluation yet" not in text
+    # A measurement without the word rules is not the model as it captions: the card keeps the row it has.
+    evaluate.evaluate_checkpoint(checkpoint, beam=1, max_len=3, out_dir=tmp_path / "raw", word_rules=False, **common)
+    assert (run / "MODEL_CARD.md").read_text() == text
     # A checkpoint other than best.pt has no card to update.
     before = (run / "MODEL_CARD.md").read_text()
     assert model_card.add_scores(run / "last.pt", {"split": "val", "beam": 9, "n_images": 1, "scores": {}}) is None
