@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence
 
 from shapes_dataset import load_ground_truth, object_f1
-from vocabulary import UNK, tokenize
+from vocabulary import RARE_ENDING_SHARE, UNK, tokenize
 
 # ---------------------------------------------------------------------------------------------------------
 # Public names and constants
@@ -589,15 +589,18 @@ def caption_diagnostics(captions: Mapping[Hashable, str], training_captions: Ite
                         no_end_words: Iterable[str] = (), top: int = 5) -> dict:
     """What a score hides about {image_id: caption}: how many differ, how many copy a training caption word for
     word (training_captions: raw strings, tokenized here as the vocabulary tokenizes), how many words they use,
-    their mean length in words, how many hold <unk> or end on one of no_end_words, and the `top` most repeated.
-    copied_share is None without training captions."""
+    their mean length in words, how many hold <unk>, how many end badly (on one of no_end_words, or on a word
+    that ends under RARE_ENDING_SHARE of the training captions it occurs in: "on a red"), and the `top` most
+    repeated. copied_share is None without training captions."""
     texts = list(captions.values())
     if not texts:
         raise ValueError("caption_diagnostics needs at least one caption")
     words = [t.split() for t in texts]
     counts = Counter(texts)
-    seen = {" ".join(tokenize(c)) for c in training_captions}
-    no_end = set(no_end_words)
+    training = [tokenize(c) for c in training_captions]
+    seen = {" ".join(t) for t in training}
+    occurs, ends = Counter(w for t in training for w in t), Counter(t[-1] for t in training if t)
+    no_end = set(no_end_words) | {w for w, n in occurs.items() if ends[w] < RARE_ENDING_SHARE * n}
     return {"captions": len(texts), "distinct": len(counts),
             "copied_share": sum(t in seen for t in texts) / len(texts) if seen else None,
             "words_used": len({w for ws in words for w in ws}),
@@ -612,7 +615,8 @@ def diagnostics_lines(d: Mapping) -> list[str]:
     copied = "n/a (no training captions)" if d["copied_share"] is None else f"{d['copied_share']:.1%}"
     lines = [f"{d['distinct']:,} distinct captions of {d['captions']:,}; {copied} copy a training caption; "
              f"{d['words_used']:,} words used; mean length {d['mean_length']:.1f} words; "
-             f"{d['with_unk']} with {UNK}; {d['bad_endings']} ending on an article or a preposition"]
+             f"{d['with_unk']} with {UNK}; {d['bad_endings']} ending on a word sentences do not end on "
+             "(an article, a preposition, a colour)"]
     lines += [f"  {n:>4} x  {text}" for text, n in d["most_repeated"]]
     return lines
 

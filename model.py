@@ -548,9 +548,11 @@ NO_END_AFTER = ("a", "an", "the", "of", "on", "in", "at", "to", "into", "onto", 
 def word_rules(vocab):
     """The decoders' word rules for a vocabulary, as model_args stores them: banned_ids, words decoding never
     says (<unk>: a caption must not contain it; <start>: only ever the first input), and no_end_after, the
-    ids of NO_END_AFTER's words that the vocabulary has."""
+    ids of NO_END_AFTER's words and of the words that rarely end a training caption (vocab.rare_endings, counted
+    when the vocabulary was built: the colours on Flickr8k) that the vocabulary has."""
+    words = set(NO_END_AFTER) | set(vocab.rare_endings or ())
     return {"banned_ids": [vocab.unk_id, vocab.start_id],
-            "no_end_after": sorted(vocab.word2idx[w] for w in NO_END_AFTER if w in vocab.word2idx)}
+            "no_end_after": sorted(vocab.word2idx[w] for w in words if w in vocab.word2idx)}
 
 
 def register_word_rules(decoder, banned_ids=(), no_end_after=()):

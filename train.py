@@ -146,7 +146,7 @@ PRESETS = {
                      image_every_step=True, decoder_dropout=0.5, epochs=10, best_metric="CIDEr"),
     "flickr8k-best": dict(data_root="data/flickr8k", image_size=224, feature_norm=True, embed_norm=True,
                           image_every_step=True, decoder_dropout=0.5, epochs=10, best_metric="CIDEr",
-                          scst_epochs=12, scst_max_len=16),
+                          scst_epochs=10, scst_max_len=16),
     "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
 }
 AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data root

@@ -24,6 +24,10 @@ from nltk.tokenize import word_tokenize
 START, END, UNK = "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (START, END, UNK)
 FORMAT = "show-and-tell-vocabulary/1"
+# A word that ends fewer than this share of the training captions it occurs in is not one a sentence ends on:
+# "a", "of", and on Flickr8k the colours too ("red" ends 0.8% of its captions, "grass" 68%). Decoding never puts
+# <end> after such a word (model.word_rules).
+RARE_ENDING_SHARE = 0.02
 TOKENS_FORMAT = "show-and-tell-tokens/1"
 TOKENIZER_VERSION = 1  # raise it whenever tokenize() changes: cached tokens of the old rule are then rebuilt
 _HAS_WORD_CHAR = re.compile(r"\w")
@@ -72,13 +76,15 @@ class Vocabulary:
 
     start_word, end_word, unk_word = START, END, UNK
 
-    def __init__(self, words, threshold=1, sources=()):
+    def __init__(self, words, threshold=1, sources=(), rare_endings=None):
         self.idx2word = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
         self.word2idx = {w: i for i, w in enumerate(self.idx2word)}
         if len(self.word2idx) != len(self.idx2word):
             raise ValueError("vocabulary words must be unique")
         self.threshold = threshold
         self.sources = list(sources)  # [{"name": ..., "sha256": ...}], what the words were counted from
+        # Words that end under RARE_ENDING_SHARE of the training captions they occur in; None: not counted.
+        self.rare_endings = None if rare_endings is None else [w for w in rare_endings if w in self.word2idx]
         self.start_id, self.end_id, self.unk_id = (self.word2idx[w] for w in SPECIAL_TOKENS)
 
     # ---- building, saving, loading -------------------------------------------------------------
@@ -87,15 +93,17 @@ class Vocabulary:
         """Count the words of every caption in the given COCO caption files; keep the frequent ones.
         cache_dir: where caption_tokens keeps the files' tokens (None: tokenize, cache nothing)."""
         files = _as_list(annotations_files)
-        counts = Counter()
+        counts, endings = Counter(), Counter()
         for path in files:
             captions = read_captions(path)
             tokens = caption_tokens(path, captions, cache_dir)
             for caption in captions:
                 counts.update(tokens[caption])
+                endings.update(tokens[caption][-1:])
         # Sort by frequency, then alphabetically, so the same captions always give the same ids.
         words = sorted((w for w, c in counts.items() if c >= threshold), key=lambda w: (-counts[w], w))
-        return cls(words, threshold, describe_sources(files))
+        rare = [w for w in words if endings[w] < RARE_ENDING_SHARE * counts[w]]
+        return cls(words, threshold, describe_sources(files), rare)
 
     def save(self, path):
         """Write the vocabulary as JSON, atomically: a crash never leaves a half-written file."""
@@ -106,7 +114,8 @@ class Vocabulary:
         os.replace(tmp, path)
 
     def to_dict(self):
-        return {"format": FORMAT, "threshold": self.threshold, "sources": self.sources, "idx2word": self.idx2word}
+        d = {"format": FORMAT, "threshold": self.threshold, "sources": self.sources, "idx2word": self.idx2word}
+        return d if self.rare_endings is None else {**d, "rare_endings": self.rare_endings}
 
     @classmethod
     def from_dict(cls, d):
@@ -114,7 +123,7 @@ class Vocabulary:
             raise ValueError(f"not a vocabulary saved by this project (expected format {FORMAT!r})")
         if tuple(d["idx2word"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"vocabulary must start with the special tokens {SPECIAL_TOKENS}")
-        return cls(d["idx2word"], d.get("threshold", 1), d.get("sources", []))
+        return cls(d["idx2word"], d.get("threshold", 1), d.get("sources", []), d.get("rare_endings"))
 
     @classmethod
     def load(cls, path):
@@ -131,7 +140,9 @@ class Vocabulary:
     def matches(self, annotations_files, threshold):
         """True when this vocabulary was built from exactly these files' contents with this threshold."""
         want = [s["sha256"] for s in describe_sources(_as_list(annotations_files))]
-        return self.threshold == threshold and [s.get("sha256") for s in self.sources] == want
+        # A file saved before endings were counted is built again (the same words and ids, plus the endings).
+        return self.threshold == threshold and [s.get("sha256") for s in self.sources] == want and \
+            self.rare_endings is not None
 
     # ---- using it ------------------------------------------------------------------------------
     def __call__(self, word):

@@ -295,16 +295,20 @@ def test_tokenizer_agrees_with_java_on_real_captions(val5000_captions):
 
 
 def test_caption_diagnostics_count_what_the_scores_hide():
-    captions = {1: "a dog runs", 2: "a dog runs", 3: "a cat sits on a", 4: "a <unk> sits", 5: "a dog runs"}
+    captions = {1: "a dog runs", 2: "a dog runs", 3: "a cat sits on a", 4: "a <unk> sits", 5: "a dog runs",
+                6: "a black cat sits"}
     training = ["A dog runs.", "A black cat sits on the mat"]
-    d = metrics.caption_diagnostics(captions, training, no_end_words=("a", "on"), top=2)
-    assert d["captions"] == 5 and d["distinct"] == 3
-    assert d["copied_share"] == pytest.approx(3 / 5)  # "A dog runs." tokenizes to "a dog runs"
-    assert d["words_used"] == len({"a", "dog", "runs", "cat", "sits", "on", "<unk>"})
-    assert d["mean_length"] == pytest.approx((3 * 3 + 5 + 3) / 5)
-    assert d["with_unk"] == 1 and d["bad_endings"] == 1
+    d = metrics.caption_diagnostics(captions, training, no_end_words=("on",), top=2)
+    assert d["captions"] == 6 and d["distinct"] == 4
+    assert d["copied_share"] == pytest.approx(3 / 6)  # "A dog runs." tokenizes to "a dog runs"
+    assert d["words_used"] == len({"a", "dog", "runs", "cat", "sits", "on", "<unk>", "black"})
+    assert d["mean_length"] == pytest.approx((3 * 3 + 5 + 3 + 4) / 6)
+    # "a" never ends a training caption: caption 3 ends badly; "sits" ends none either (a word the training
+    # captions use only inside a sentence), so captions 4 and 6 do too; "runs" ends one of one.
+    assert d["with_unk"] == 1 and d["bad_endings"] == 3
     assert d["most_repeated"] == [["a dog runs", 3]]  # captions written once are not "repeated"
-    assert metrics.caption_diagnostics(captions)["copied_share"] is None
+    no_data = metrics.caption_diagnostics(captions, no_end_words=("a",))
+    assert no_data["copied_share"] is None and no_data["bad_endings"] == 1
     lines = metrics.diagnostics_lines(d)
-    assert lines[0].startswith("3 distinct captions of 5; 60.0% copy a training caption")
+    assert lines[0].startswith("4 distinct captions of 6; 50.0% copy a training caption")
     assert lines[1].split() == ["3", "x", "a", "dog", "runs"]

@@ -726,3 +726,8 @@ def test_old_checkpoints_get_the_rules_from_their_vocabulary(tmp_path):
     assert loaded.has_word_rules
     assert loaded.banned.nonzero().flatten().tolist() == sorted([vocab.unk_id, vocab.start_id])
     assert "banned" not in loaded.state_dict()  # the rules are not weights: checkpoints stay as they were
+
+
+def test_word_rules_add_the_words_the_training_captions_rarely_end_on():
+    vocab = Vocabulary(RULE_WORDS, rare_endings=["dog", "runs", "zebra"])  # zebra: not in the vocabulary
+    assert model.word_rules(vocab)["no_end_after"] == sorted(vocab(w) for w in ("a", "on", "the", "dog", "runs"))

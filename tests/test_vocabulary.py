@@ -292,3 +292,18 @@ def test_the_dataset_reads_cached_tokens_and_encodes_as_before(tmp_path, counted
     for ds in (cached, again):
         assert (ds.tokens == plain.tokens).all() and (ds.lengths == plain.lengths).all()
         assert ds.ann_ids == plain.ann_ids == [1, 2, 3]  # the empty and punctuation-only captions skipped alike
+
+
+def test_rare_endings_are_the_words_captions_almost_never_end_on(tmp_path):
+    """Each word's share of caption endings among its occurrences: "red" ends 1 of 60 captions it is in (under
+    2%), "grass" 30 of 30; "a" ends none. The list is saved, and a file saved without it is built again."""
+    captions = ["a dog on the red grass"] * 29 + ["a cat on the red mat"] * 30 + ["the ball is red"] + \
+               ["a dog on grass"]
+    path = write_captions(tmp_path / "captions.json", captions)
+    vocab = Vocabulary.build(path, threshold=1)
+    assert set(vocab.rare_endings) == {"a", "dog", "on", "the", "red", "cat", "ball", "is"}
+    vocab.save(tmp_path / "vocab.json")
+    assert Vocabulary.load(tmp_path / "vocab.json").rare_endings == vocab.rare_endings
+    old = {k: v for k, v in vocab.to_dict().items() if k != "rare_endings"}  # a file from before the count
+    assert Vocabulary.from_dict(old).rare_endings is None and not Vocabulary.from_dict(old).matches(path, 1)
+    assert vocab.matches(path, 1)
