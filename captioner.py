@@ -1,7 +1,8 @@
 """One object that captions pictures with a trained checkpoint: hubconf.py, caption.py and 3_Inference use it.
 
-    captioner = ImageCaptioner("runs/NAME/best.pt")        # None: best.pt of the newest run under runs/
-    captioner("images/chelsea.jpg")                          # 'a cat is sitting on a bed'
+    captioner = ImageCaptioner()                             # the bundled Flickr8k model (models/flickr8k.pt)
+    captioner = ImageCaptioner("runs/NAME/best.pt")        # a run of your own; "latest": the newest under runs/
+    captioner("images/chelsea.jpg")                          # 'a dog is sitting on a bed'
     captioner([pil_image, "photo.png"], beam=3)              # a list, in the same order
     captioner("photo.jpg", with_attention=True)              # AttentionCaption(caption, words, weights, image)
     print(captioner.trained_on)                              # what the model learnt from, in one line
@@ -15,8 +16,10 @@ from typing import NamedTuple
 import torch
 
 import model_card
+from bundle import BUNDLED_MODEL
 from data_loader import get_transform, load_image, to_rgb
-from model import caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint
+from model import (caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint,
+                   read_checkpoint)
 
 
 class AttentionCaption(NamedTuple):
@@ -26,11 +29,36 @@ class AttentionCaption(NamedTuple):
     image: torch.Tensor  # (3, S, S): the picture as the model saw it (normalised), for heatmaps.attention_figure
 
 
+def which_checkpoint(checkpoint=None, runs_dir="runs"):
+    """The checkpoint to caption with: a path; None, the bundled model; "latest", best.pt of the newest run under
+    runs_dir. A model trained on shapes is never picked for photographs unless it is named."""
+    if checkpoint is None:
+        if not BUNDLED_MODEL.is_file():
+            raise FileNotFoundError(f"the bundled model {BUNDLED_MODEL} is missing from this copy of the repository; "
+                                    "get it back with `git checkout -- models/`, or name a checkpoint")
+        return BUNDLED_MODEL
+    return latest_checkpoint(runs_dir) if str(checkpoint) == "latest" else Path(checkpoint)
+
+
+def for_photographs(checkpoint, runs_dir="runs"):
+    """(checkpoint, why): the checkpoint to caption photographs with. A model trained on the shapes set knows only
+    colours and shapes, so then the bundled Flickr8k model captions them instead, and `why` says so."""
+    checkpoint = which_checkpoint(checkpoint, runs_dir)
+    ckpt = read_checkpoint(checkpoint)
+    data = model_card.read_state(Path(checkpoint).parent).get("data") or ckpt.get("data") or {}
+    shapes = data["kind"] == "shapes" if "kind" in data else \
+        (Path(ckpt.get("config", {}).get("data_root", "")) / "shapes_meta.json").is_file()
+    if shapes and checkpoint != BUNDLED_MODEL:
+        return BUNDLED_MODEL, (f"{checkpoint} learnt from the shapes set and knows only shapes and colours: "
+                               f"photographs are captioned by the bundled model, {BUNDLED_MODEL.name}")
+    return checkpoint, f"photographs are captioned by {checkpoint}"
+
+
 class ImageCaptioner:
     """A checkpoint ready to caption PIL images, image files or lists of them (greedy or beam search)."""
 
     def __init__(self, checkpoint=None, device="cpu", runs_dir="runs", beam=1, max_len=None, length_penalty=0.0):
-        self.checkpoint = Path(checkpoint) if checkpoint else latest_checkpoint(runs_dir)
+        self.checkpoint = which_checkpoint(checkpoint, runs_dir)
         self.device = get_device(device)
         self.encoder, self.decoder, self.vocab, self.ckpt = load_checkpoint(self.checkpoint, self.device)
         self.image_size = self.ckpt["model_args"]["image_size"]

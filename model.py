@@ -12,6 +12,7 @@ Show, Attend and Tell (Xu et al., 2015) is the other decoder (model_args["decode
 one annotation per position of the CNN's map; before each word the decoder weighs the L positions (the
 weights alpha (B, L) sum to 1) and reads their weighted mean. greedy_search and beam_search serve both.
 """
+import hashlib
 import os
 import random
 import re
@@ -796,11 +797,40 @@ def load_state(module, state, what):
     module.load_state_dict(state)
 
 
+def state_digest(state):
+    """sha256 of a state dict: its names, shapes and values (as float32). The same weights give the same digest,
+    whatever their dtype or device."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def with_backbone(encoder, state, backbone, path):
+    """The encoder state to load: the checkpoint's own, or for a bundled model (backbone: the torchvision weights
+    it was trained on and their digest) the freshly built backbone's ImageNet weights beside the stored head."""
+    if not backbone:
+        return state
+    own = encoder.backbone.state_dict()
+    if state_digest(own) != backbone["sha256"]:
+        raise CheckpointError(f"{path} was trained on {backbone_name(backbone)}, but the {backbone['file']} that "
+                              f"torchvision loaded holds other weights (sha256 of the weights differs); delete "
+                              f"{Path(torch.hub.get_dir()) / 'checkpoints' / backbone['file']} and run `make weights`")
+    return {**{f"backbone.{k}": v for k, v in own.items()}, **state}
+
+
+def backbone_name(backbone):
+    return f"{backbone['name']}'s {backbone['weights']} weights ({backbone['file']})"
+
+
 def load_checkpoint(path, device="cpu", vocab=None):
     """Rebuild (encoder, decoder, vocab, checkpoint dict) from a checkpoint file, on any device.
 
-    Everything comes from the checkpoint itself; no weights download is needed. If `vocab` (a Vocabulary
-    or a vocabulary JSON path) is given, it must be the checkpoint's own, or this raises before decoding.
+    Everything comes from the checkpoint itself, except a bundled model's CNN weights (bundle.py): those come
+    from torch's cache (`make weights`) or torchvision's download. If `vocab` (a Vocabulary or a vocabulary JSON
+    path) is given, it must be the checkpoint's own, or this raises before decoding.
     """
     ckpt = read_checkpoint(path)
     own_vocab = Vocabulary.from_dict(ckpt["vocab"])
@@ -814,11 +844,13 @@ def load_checkpoint(path, device="cpu", vocab=None):
             raise CheckpointError(f"the vocabulary{name} ({len(given)} words) does not match the checkpoint's "
                                   f"({len(own_vocab)} words, in {path}); {where}")
     # The weights come from the checkpoint; checkpoints older than the word rules get them from their vocabulary.
-    args = {**word_rules(own_vocab), **ckpt["model_args"], "pretrained": False}
+    # A bundled model (bundle.py) leaves out the CNN's own ImageNet weights: they come from torchvision.
+    backbone = ckpt.get("backbone")
+    args = {**word_rules(own_vocab), **ckpt["model_args"], "pretrained": backbone["weights"] if backbone else False}
     if args["vocab_size"] != len(own_vocab):
         raise CheckpointError(f"checkpoint says vocab_size {args['vocab_size']} but holds {len(own_vocab)} words")
     encoder, decoder = build_model(args)
-    load_state(encoder, ckpt["encoder"], "encoder")
+    load_state(encoder, with_backbone(encoder, ckpt["encoder"], backbone, path), "encoder")
     load_state(decoder, ckpt["decoder"], "decoder")
     device = torch.device(device)
     return encoder.to(device).eval(), decoder.to(device).eval(), own_vocab, ckpt

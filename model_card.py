@@ -135,7 +135,8 @@ def summary_line(data, ckpt):
     score = ckpt.get("metrics", {}).get(metric)
     scored = f" ({metric} {score:.3f} on {config.get('val_split', 'val')})" if isinstance(score, (int, float)) else ""
     return (f"trained on {name}{size}, vocabulary {args['vocab_size']:,} words, {args.get('decoder', 'lstm')} decoder "
-            f"on {args['backbone']}, best.pt from epoch {ckpt.get('epoch', '?')}{scored}")
+            f"on {args['backbone']}, {'bundled' if 'backbone' in ckpt else 'best.pt'} from epoch {ckpt.get('epoch', '?')}"
+            f"{scored}")
 
 
 def render(run_dir, config, rows, ckpt, state):
@@ -240,7 +241,7 @@ def add_scores(checkpoint, record):
 def trained_on(ckpt, checkpoint=None):
     """One line on what a checkpoint learnt from, from its run's model_card.json when there is one."""
     data = read_state(Path(checkpoint).parent).get("data") if checkpoint else None
-    return summary_line(data, ckpt)
+    return summary_line(data or ckpt.get("data"), ckpt)  # a bundled model (bundle.py) carries its own
 
 
 def run_finished(run_dir):

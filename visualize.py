@@ -519,6 +519,24 @@ def photo_figures(checkpoint, folders=("images",), out_dir="outputs", beam=3):
     return written
 
 
+def bundled_photos(folder="images", out_dir="outputs/bundled", beam=3):
+    """`make demo`'s last step: the pictures in folder captioned by the bundled model (models/flickr8k.pt), written
+    to out_dir/captions.tsv (path, caption) and out_dir/photos_<folder>.png; returns the text to print."""
+    from bundle import BUNDLED_MODEL
+    from caption import image_files
+    from captioner import ImageCaptioner
+
+    captioner = ImageCaptioner(BUNDLED_MODEL)
+    paths = image_files([folder])
+    rows = [f"{path}\t{text}" for path, text in zip(paths, captioner(paths, beam=beam))]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "captions.tsv").write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    figures = photo_figures(BUNDLED_MODEL, [folder], out_dir, beam=beam)
+    return "\n".join([f"== {folder}/ captioned by the bundled model ({captioner.trained_on}), beam {beam}:", *rows,
+                      f"== written: {out_dir / 'captions.tsv'}, {', '.join(map(str, figures))}"])
+
+
 def show_photo(captioner, photo, beam=3):
     """One picture (a path or a PIL image) with its greedy and beam captions, and, for a model with attention,
     where each word of the beam caption looked: the figures, for a notebook to show."""
