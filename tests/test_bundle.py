@@ -179,3 +179,15 @@ def test_the_cards_scores_are_what_evaluate_prints_for_the_bundled_file(tmp_path
     for (key, _), cell in zip(bundle.SCORE_NAMES, cells[3:]):
         assert cell == f"{record['scores'][key]:.3f}", key
         assert re.search(rf"{key}\D+{re.escape(cell)}", printed), f"{key} {cell} not printed"
+
+
+def test_photographs_go_to_the_bundled_model_only_when_the_checkpoint_learnt_shapes(tiny_run, exported):
+    from captioner import for_photographs
+
+    chosen, why = for_photographs(tiny_run / "best.pt")
+    assert chosen == bundle.BUNDLED_MODEL and "learnt from the shapes set" in why
+    assert for_photographs(bundle.BUNDLED_MODEL)[0] == bundle.BUNDLED_MODEL
+    ckpt = read_checkpoint(exported[1])  # the same model, said to have learnt from Flickr8k: it is kept
+    ckpt["data"] = {"kind": "flickr8k", "name": "Flickr8k"}
+    torch.save(ckpt, exported[1].with_name("flickr8k-like.pt"))
+    assert for_photographs(exported[1].with_name("flickr8k-like.pt"))[0] == exported[1].with_name("flickr8k-like.pt")
