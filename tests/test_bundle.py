@@ -191,3 +191,14 @@ def test_photographs_go_to_the_bundled_model_only_when_the_checkpoint_learnt_sha
     ckpt["data"] = {"kind": "flickr8k", "name": "Flickr8k"}
     torch.save(ckpt, exported[1].with_name("flickr8k-like.pt"))
     assert for_photographs(exported[1].with_name("flickr8k-like.pt"))[0] == exported[1].with_name("flickr8k-like.pt")
+
+
+def test_make_demo_writes_the_sample_photos_captioned_by_the_bundled_model(tmp_path):
+    import visualize
+
+    printed = visualize.bundled_photos(str(REPO_ROOT / "images"), tmp_path, beam=3)
+    rows = (tmp_path / "captions.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows] == [str(p) for p in PHOTOS]
+    assert [r.split("\t")[1] for r in rows] == captions(bundle.BUNDLED_MODEL, beam=3)
+    assert (tmp_path / "photos_images.png").stat().st_size > 10_000
+    assert "captioned by the bundled model (trained on Flickr8k" in printed and all(r in printed for r in rows)
