@@ -131,7 +131,7 @@ def card_text(bundle_path, records, run_dir=None):
     params = sum(p.numel() for p in decoder.parameters()) + sum(
         v.numel() for k, v in ckpt["encoder"].items())
     size_mb = bundle_path.stat().st_size / 1e6
-    scst = f", then {config['scst_epochs']} self-critical epochs (CIDEr-D reward)" if config.get("scst_epochs") else ""
+    scst = f" then {config['scst_epochs']} self-critical epochs (CIDEr-D reward)," if config.get("scst_epochs") else ""
     lines = [
         f"# Model card: {bundle_path.name}", "",
         "The captioner that ships with this repository: `python caption.py photo.jpg`, "
@@ -141,8 +141,8 @@ def card_text(bundle_path, records, run_dir=None):
         f"layer) on frozen {a['backbone']} features at {a['image_size']} px; {params / 1e6:.2f} million stored "
         f"parameters (the CNN's own {ckpt['backbone']['weights']} ImageNet weights are not in the file: "
         f"`make weights` puts {ckpt['backbone']['file']} into torch's cache).",
-        f"- Vocabulary: {len(vocab):,} words. Best epoch: {ckpt['epoch']} of {config['epochs']} cross-entropy "
-        f"epochs{scst}, chosen by greedy validation {config['best_metric']}.",
+        f"- Vocabulary: {len(vocab):,} words. Trained {config['epochs']} cross-entropy epochs,{scst} and epoch "
+        f"{ckpt['epoch']} was chosen by greedy validation {config['best_metric']}.",
         f"- File: {size_mb:.1f} MB; weight matrices in float16, vectors in float32; no optimiser state.",
         f"- sha256: `{sha256(bundle_path)}`", "",
         "## Data and terms", "",
