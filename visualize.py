@@ -421,7 +421,7 @@ def own_images(checkpoint=None, runs_dir="runs", images_dir="images", beam=3, nc
     """The repository's sample photos (images_dir) captioned by a checkpoint (default: the newest run's
     best.pt), greedy and with beam search: the README's figure for the Flickr8k model.
 
-        save_figure(own_images("runs/flickr8k/best.pt"), "images/figures/flickr8k_own_images.png", dpi=80)
+        save_figure(own_images("models/flickr8k.pt"), "images/figures/flickr8k_own_images.png", dpi=80, colors=256)
     """
     from caption import caption_images, image_files
     from model import checkpoint_max_len, latest_checkpoint, load_checkpoint
