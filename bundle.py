@@ -10,7 +10,7 @@ The export keeps what captioning needs and nothing else:
 - the decoder's and the encoder head's weights: matrices in float16, vectors (biases, LayerNorm, the feature
   statistics) in float32, where half precision would cost accuracy for almost no bytes;
 - the vocabulary, model_args, the training settings, the image digests of the training and validation images
-  (so evaluate.py still warns about overlaps), and the chosen epoch's validation scores.
+  (so evaluate.py still warns about overlaps), and the chosen epoch's validation scores (not its timings).
 It drops the optimiser and RNG state, and the CNN backbone: its ImageNet weights come from torch's cache (`make
 weights`) or torchvision's download, and the file keeps their digest, so the head never runs on other weights.
 The same best.pt always gives the same bytes: no time stamps, no paths of this machine.
@@ -64,7 +64,7 @@ def export(checkpoint, out, data_root_name="data/flickr8k"):
                      "sha256": state_digest(backbone)},
         "encoder": {k: compact(v) for k, v in ckpt["encoder"].items() if k not in backbone_keys},
         "decoder": {k: compact(v) for k, v in ckpt["decoder"].items()},
-        "vocab": ckpt["vocab"], "config": config, "epoch": ckpt["epoch"], "metrics": ckpt.get("metrics", {}),
+        "vocab": ckpt["vocab"], "config": config, "epoch": ckpt["epoch"], "metrics": scores_only(ckpt.get("metrics", {})),
         "train_images": ckpt.get("train_images"), "val_images": ckpt.get("val_images"),
         "data": data_summary(checkpoint, data_root_name),
     }
@@ -72,6 +72,12 @@ def export(checkpoint, out, data_root_name="data/flickr8k"):
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(bundle, out)
     return sha256(out)
+
+
+def scores_only(metrics):
+    """The chosen epoch's validation row without its timings (seconds, speeds, shares of a step's time), which
+    differ from run to run while the weights do not."""
+    return {k: v for k, v in metrics.items() if not k.endswith(("_s", "_share"))}
 
 
 def data_summary(checkpoint, root_name):

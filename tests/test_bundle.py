@@ -202,3 +202,17 @@ def test_make_demo_writes_the_sample_photos_captioned_by_the_bundled_model(tmp_p
     assert [r.split("\t")[1] for r in rows] == captions(bundle.BUNDLED_MODEL, beam=3)
     assert (tmp_path / "photos_images.png").stat().st_size > 10_000
     assert "captioned by the bundled model (trained on Flickr8k" in printed and all(r in printed for r in rows)
+
+
+def test_two_rebuilds_on_the_same_machine_give_the_same_file(tiny_shapes, tmp_path):
+    """`make model` twice: seeded training (cross-entropy, then self-critical sampling) and the export are
+    deterministic on one machine, so the bundled file's bytes repeat, not just its scores."""
+    from conftest import tiny_train_config
+    from train import train
+
+    digests = []
+    for name in ("first", "second"):
+        cfg = tiny_train_config(tiny_shapes, tmp_path / name, epochs=3, scst_epochs=1, save_every=1,
+                                best_metric="CIDEr")
+        digests.append(bundle.export(train(cfg) / "best.pt", tmp_path / name / "flickr8k.pt"))
+    assert digests[0] == digests[1]
