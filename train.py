@@ -18,6 +18,7 @@ one epoch, validation, checkpoints, the whole run, the command line.
 """
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -591,7 +593,15 @@ def check_settings(cfg):
         ("max_len", cfg.max_len >= 1, "at least 1"), ("val_images", cfg.val_images >= 0, "0 or more"),
         ("save_every", cfg.save_every >= 1, "at least 1"), ("log_every", cfg.log_every >= 1, "at least 1"),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"), ("decoder_dropout", 0 <= cfg.decoder_dropout < 1, "in [0, 1)"),
-        ("decoder", cfg.decoder in DECODER_TYPES, f"one of {', '.join(DECODER_TYPES)}")) if not ok]
+        ("decoder", cfg.decoder in DECODER_TYPES, f"one of {', '.join(DECODER_TYPES)}"),
+        ("embed_size", cfg.embed_size >= 1, "at least 1"), ("hidden_size", cfg.hidden_size >= 1, "at least 1"),
+        ("num_layers", cfg.num_layers >= 1, "at least 1"), ("grid", cfg.grid >= 1, "at least 1"),
+        ("image_size", cfg.image_size >= 1, "at least 1"), ("head_hidden", cfg.head_hidden >= 0, "0 or more"),
+        ("backbone_blocks", cfg.backbone_blocks >= 0, "0 or more"), ("local_hidden", cfg.local_hidden >= 0, "0 or more"),
+        ("attention_size", cfg.attention_size >= 0, "0 (hidden_size) or more"),
+        ("attention_reg", cfg.attention_reg >= 0, "0 or more"), ("num_workers", cfg.num_workers >= 0, "0 or more"))
+        if not ok]
+    problems += backbone_problems(cfg.backbone)
     if cfg.train_backbone and cfg.feature_norm:  # prepare() would say so only after the folder and vocabulary
         problems.append("--feature-norm needs a frozen backbone (its statistics come from the feature cache): "
                         "leave out --train-backbone or give --no-feature-norm")
@@ -600,6 +610,16 @@ def check_settings(cfg):
     problems += decoder_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def backbone_problems(name):
+    """A backbone that is no torchvision classifier, named with the nearest names; nothing built or downloaded."""
+    names = torchvision.models.list_models(module=torchvision.models)  # classifiers only: no detection models
+    if name in names:
+        return []
+    near = difflib.get_close_matches(str(name), names, n=3)
+    hint = f"did you mean {' or '.join(near)}?" if near else "e.g. mobilenet_v2, resnet50 or efficientnet_b0"
+    return [f"--backbone {name!r} is not a torchvision classification model; {hint}"]
 
 
 def scst_problems(cfg):
