@@ -244,10 +244,18 @@ def trained_on(ckpt, checkpoint=None):
 
 
 def run_finished(run_dir):
-    """Whether a run trained every epoch its config asks for and holds best.pt (make photos reuses it then)."""
+    """Whether a run's checkpoints hold every epoch its config asks for (make photos reuses it then, else resumes).
+
+    Decided from the newest checkpoint, never from metrics.jsonl: an epoch's row is logged before its last.pt is
+    saved, so a run killed between the two has the row but not the weights, and must be resumed.
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").is_file() or not (run_dir / "config.json").is_file():
+    if not all((run_dir / name).is_file() for name in ("last.pt", "best.pt", "config.json")):
         return False
     config = json.loads((run_dir / "config.json").read_text())
-    rows = read_rows(run_dir)
-    return bool(rows) and rows[-1].get("epoch") == config["epochs"] + config.get("scst_epochs", 0)
+    planned = config["epochs"] + config.get("scst_epochs", 0)
+    try:  # best.pt is the newer one when save_every > 1 left last.pt behind (train.resume_checkpoint)
+        trained = max(read_checkpoint(run_dir / name).get("epoch", 0) for name in ("last.pt", "best.pt"))
+    except ValueError:  # an unreadable checkpoint: resuming says what is wrong with it
+        return False
+    return trained >= planned
