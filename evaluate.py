@@ -96,13 +96,16 @@ def same_images_note(ckpt, data_root, split, image_files):
     is used."""
     chosen, trained = seen_images(ckpt, data_root, split, image_files)
     n, lines = len(image_files), []
+    # A run started with --init-from records the images of the checkpoints it started from too (train.image_records)
+    init_from = ckpt.get("config", {}).get("init_from")
+    which_model = f"the checkpoint (or {init_from}, which it started from)" if init_from else "the checkpoint"
     if chosen:
         which = "these" if chosen == n else f"{chosen:,} of these {n:,}"
-        lines.append(f"note: the checkpoint was chosen on {which} {split} images (its validation split), so these "
+        lines.append(f"note: {which_model} was chosen on {which} {split} images (its validation split), so these "
                      "scores are optimistic; score a split training never saw (test, or a Karpathy test split on "
                      "COCO)")
     if trained:
-        lines.append(f"warning: {trained:,} of these {n:,} {split} images are among those the checkpoint was "
+        lines.append(f"warning: {trained:,} of these {n:,} {split} images are among those {which_model} was "
                      "trained on, so these scores overstate what it does on new images; score a split that "
                      "training never saw")
     return chosen, trained, lines

@@ -468,6 +468,22 @@ def split_digests(split):
     return image_digests([split.dataset.image_files[i] for i in rows])
 
 
+def image_records(train_split, val_split, start, cfg):
+    """{"train_images", "val_images"}: the digests of the images this run trains and is chosen on, joined with
+    those the checkpoint it starts from records (--init-from, --resume), since the weights carry what that
+    checkpoint saw: evaluate.py then warns about a split that an earlier run of the chain trained on."""
+    records = {"train_images": split_digests(train_split), "val_images": split_digests(val_split)}
+    if start is None:
+        return records
+    if any(start.get(key) is None for key in records) and not cfg.resume:
+        print(f"note: {cfg.init_from} does not record which images it was trained and chosen on (a checkpoint older "
+              "than that record), so evaluate.py cannot warn when a split it scores holds them")
+    for key, own in records.items():
+        if start.get(key) is not None:
+            records[key] = torch.unique(torch.cat([own, torch.as_tensor(start[key]).cpu()]))  # sorted, distinct
+    return records
+
+
 def score_the_start(model, optimizer, cfg, vocab, val_split, state, device, run_dir):
     """--init-from: validate the starting weights as epoch 0 of the new run and write them as best.pt, so an
     epoch becomes best.pt only by beating them, and best.pt is never worse than what the run began from.
@@ -761,8 +777,7 @@ def train(cfg):
     model = Captioner(encoder, decoder).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "best": None, "train_images": split_digests(train_split),
-             "val_images": split_digests(val_split)}
+    state = {"step": 0, "best": None, **image_records(train_split, val_split, ckpt or init, cfg)}
     start_epoch = 0
     if init is not None:  # its weights only: the optimiser, epoch and best score start afresh
         load_state(model.encoder, init["encoder"], "encoder")

@@ -40,3 +40,31 @@ def test_a_run_killed_between_its_last_log_row_and_last_pt_is_not_finished(tiny_
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "epochs": 3}))
     assert not model_card.run_finished(run)
+
+
+def test_init_from_carries_the_images_its_start_trained_on_also_through_resume(tiny_shapes, tmp_path, capsys):
+    """Run A trains on the test split; run B starts from A's weights and trains on train. Scoring B on test must
+    still warn: B's weights learnt those images. The record survives a resume of B."""
+    import evaluate
+    from data_loader import find_split, images_among
+    from model import read_checkpoint
+
+    a = train_mod.train(tiny_train_config(tiny_shapes, tmp_path, run_name="a", train_split="test", epochs=1))
+    b = train_mod.train(tiny_train_config(tiny_shapes, tmp_path, run_name="b", epochs=1,
+                                          init_from=str(a / "best.pt")))
+    capsys.readouterr()
+    evaluate.evaluate_checkpoint(b / "best.pt", split="test", backend="python", device="cpu", num_workers=0,
+                                 out_dir=tmp_path / "eval")
+    out = capsys.readouterr().out
+    assert f"warning: 16 of these 16 test images are among those the checkpoint (or {a / 'best.pt'}, which it " \
+           "started from) was trained on" in out
+    record = json.loads((tmp_path / "eval" / "scores_test_beam1.json").read_text())
+    assert record["images_trained_on"] == 16
+    train_mod.train(train_mod.make_config(resume=str(b), epochs=2))
+    test_files = [p.name for p in find_split(tiny_shapes, "test")[0].iterdir()]
+    train_files = [p.name for p in find_split(tiny_shapes, "train")[0].iterdir()]
+    last = read_checkpoint(b / "last.pt")
+    assert last["epoch"] == 2 and images_among(test_files, last["train_images"]) == 16
+    assert images_among(train_files, last["train_images"]) == len(train_files)  # B's own images stay too
+    # The validation images of both runs: train (tiny_train_config's val_split) of B and of A alike.
+    assert images_among(train_files, last["val_images"]) == len(train_files)
