@@ -548,6 +548,12 @@ def resume_config(run_dir, overrides=None):
     return dataclasses.replace(saved, **kept, resume=str(run_dir)), ckpt
 
 
+def resumed_changes(ckpt, cfg):
+    """{setting: value} of a resumed run's settings that differ from those of the checkpoint it continues."""
+    saved = ckpt["config"]
+    return {k: getattr(cfg, k) for k in RESUMABLE if k in saved and getattr(cfg, k) != saved[k]}
+
+
 def resume_checkpoint(run_dir):
     """RUN_DIR's last.pt, or its best.pt when that is newer.
 
@@ -808,6 +814,10 @@ def train(cfg):
         persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
     if rank == 0:
         save_run_files(run_dir, cfg, vocab)
+        if ckpt is None:  # the card's rebuild command; a resumed session records what it changed
+            model_card.start_session(run_dir, asdict(TrainConfig()))
+        else:
+            model_card.start_session(run_dir, asdict(TrainConfig()), start_epoch, resumed_changes(ckpt, cfg))
         n_params = sum(p.numel() for p in params)
         print(f"training {n_params:,} parameters on {len(train_split.usable):,} captions, device {device}, "
               f"{world_size} process(es); run folder {run_dir}")
@@ -847,7 +857,7 @@ def train(cfg):
                     atomic_save(ckpt_dict, run_dir / "last.pt")
                 if improved:
                     atomic_save(ckpt_dict, run_dir / "best.pt")
-                    model_card.write_card(run_dir, asdict(TrainConfig()))  # MODEL_CARD.md beside best.pt
+                    model_card.write_card(run_dir)  # MODEL_CARD.md beside best.pt
         barrier(world_size)
     if rank == 0:
         model_card.finish_training(run_dir, time.time() - started, device)

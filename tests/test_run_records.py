@@ -1,5 +1,7 @@
 """What a run records about itself is what happened: whether it finished (from its checkpoints, not its log)."""
 import json
+import re
+import shlex
 
 import pytest
 
@@ -68,3 +70,36 @@ def test_init_from_carries_the_images_its_start_trained_on_also_through_resume(t
     assert images_among(train_files, last["train_images"]) == len(train_files)  # B's own images stay too
     # The validation images of both runs: train (tiny_train_config's val_split) of B and of A alike.
     assert images_among(train_files, last["val_images"]) == len(train_files)
+
+
+def rebuild_block(card):
+    """The lines of the model card's Rebuild code block."""
+    return re.search(r"## Rebuild\n.*?```\n(.*?)\n```", card, flags=re.S).group(1).splitlines()
+
+
+def test_the_card_lists_each_resumed_session_that_changed_settings_and_claims_no_bit_for_bit(tiny_shapes, tmp_path):
+    from dataclasses import asdict
+
+    run = train_mod.train(tiny_train_config(tiny_shapes, tmp_path, epochs=1, save_every=1))
+    first = json.loads((run / "config.json").read_text())
+    claim = "this command train the same model (seeded; on the same kind of device, bit for bit)"
+    (command,) = rebuild_block((run / "MODEL_CARD.md").read_text())
+    # A resume that changes only how the run logs and loads data: still one command, bit for bit.
+    train_mod.train(train_mod.make_config(resume=str(run), log_every=5))
+    card = (run / "MODEL_CARD.md").read_text()
+    assert claim in card and rebuild_block(card) == [command]
+    # A resume with another learning rate and more epochs: the card's config is the new one, and no single command
+    # (neither the first nor the new settings) trained these weights.
+    train_mod.train(train_mod.make_config(resume=str(run), epochs=2, lr=1e-4))
+    card = (run / "MODEL_CARD.md").read_text()
+    assert json.loads(re.search(r"```json\n(.*?)\n```", card, flags=re.S).group(1))["lr"] == 1e-4
+    assert claim not in card and "not claimed to give the same weights bit for bit" in card
+    lines = rebuild_block(card)
+    assert lines == [f"{command}   # stopped after epoch 1",
+                     "python train.py --resume RUN --epochs 2 --lr 0.0001   # from epoch 1"]
+    # The first line rebuilds the first session's settings: lr 5e-3, not the resumed session's 1e-4.
+    rebuilt = asdict(train_mod.parse_args(shlex.split(command)[2:]))
+    kept = lambda c: {k: v for k, v in c.items() if k not in model_card.NOT_IN_COMMAND}
+    assert kept(rebuilt) == kept(first) and rebuilt["lr"] == 5e-3
+    state = json.loads((run / "model_card.json").read_text())
+    assert state["resumes"] == [{"at_epoch": 1, "changed": {}}, {"at_epoch": 1, "changed": {"epochs": 2, "lr": 1e-4}}]
