@@ -8,8 +8,8 @@
 
 Every figure comes from the run's own files: config.json, metrics.jsonl, best.pt, and model_card.json, which keeps
 what those do not hold: the data's split sizes (counted once), the rebuild command and the settings each resumed
-session changed, each training session's wall time and machine, and the evaluations' scores. MODEL_CARD.md is redrawn from them at every change, and both files
-are written to a temporary name and renamed.
+session changed, each training session's wall time and machine, and the evaluations' scores. MODEL_CARD.md is
+redrawn from them at every change, and both files are written to a temporary name and renamed.
 """
 import json
 import os

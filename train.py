@@ -619,7 +619,8 @@ def check_settings(cfg):
         ("embed_size", cfg.embed_size >= 1, "at least 1"), ("hidden_size", cfg.hidden_size >= 1, "at least 1"),
         ("num_layers", cfg.num_layers >= 1, "at least 1"), ("grid", cfg.grid >= 1, "at least 1"),
         ("image_size", cfg.image_size >= 1, "at least 1"), ("head_hidden", cfg.head_hidden >= 0, "0 or more"),
-        ("backbone_blocks", cfg.backbone_blocks >= 0, "0 or more"), ("local_hidden", cfg.local_hidden >= 0, "0 or more"),
+        ("backbone_blocks", cfg.backbone_blocks >= 0, "0 or more"),
+        ("local_hidden", cfg.local_hidden >= 0, "0 or more"),
         ("attention_size", cfg.attention_size >= 0, "0 (hidden_size) or more"),
         ("attention_reg", cfg.attention_reg >= 0, "0 or more"), ("num_workers", cfg.num_workers >= 0, "0 or more"))
         if not ok]

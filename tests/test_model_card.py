@@ -106,7 +106,8 @@ def test_other_decoding_settings_never_replace_the_default_scores_file_or_card_r
     default_file = run / "scores_test_beam1.json"
     before, card = default_file.read_bytes(), (run / "MODEL_CARD.md").read_text()
     copy = shutil.copytree(tiny_shapes, tmp_path / "elsewhere" / "shapes")
-    variants = [(dict(max_len=2), "_maxlen2"), (dict(length_penalty=0.5), "_lp0.5"), (dict(word_rules=False), "_norules"),
+    variants = [(dict(max_len=2), "_maxlen2"), (dict(length_penalty=0.5), "_lp0.5"),
+                (dict(word_rules=False), "_norules"),
                 (dict(max_len=2, word_rules=False), "_maxlen2_norules"), (dict(data_root=str(copy)), "_root-shapes-")]
     for settings, suffix in variants:
         scores, _ = evaluate.evaluate_checkpoint(checkpoint, **settings, **common)
