@@ -5,7 +5,10 @@
     python evaluate.py                                 # its data root's split: test on shapes, val on COCO
 
 It prints BLEU-1..4, METEOR, ROUGE-L and CIDEr (object F1 too on the shapes data), and writes
-captions_<split>_beam<k>.json (COCO results format) and scores_<split>_beam<k>.json beside the checkpoint.
+captions_<split>_beam<k>.json (COCO results format) and scores_<split>_beam<k>.json beside the checkpoint; a
+setting that changes the captions from the checkpoint's defaults (--max-len, --length-penalty, --no-word-rules,
+another --data-root) adds a suffix to those names, e.g. scores_val_beam3_maxlen2_norules.json, and leaves the
+model card's rows (default settings only) alone.
 When the split holds images best.pt was chosen on (its run's validation split) or trained on, it says so, and
 the scores file records it (chosen_on_this_split, images_chosen_on, images_trained_on, notes).
 
@@ -14,6 +17,7 @@ From Python (3_Inference uses this): scores, captions = evaluate_checkpoint("run
 The scorers live in metrics.py, the feature cache in features.py, decoding in model.py: this file wires them.
 """
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -33,10 +37,29 @@ DEFAULT_CACHE_DIR = "data/cache"  # as TrainConfig.cache_dir, for checkpoints wh
 DEFAULT_NUM_WORKERS = 2
 
 
-def output_paths(out_dir, split, beam):
-    """(captions file, scores file) for a split and beam width: captions_<split>_beam<k>.json, scores_..."""
+def output_paths(out_dir, split, beam, suffix=""):
+    """(captions file, scores file) for a split and beam width: captions_<split>_beam<k><suffix>.json, scores_...
+    The suffix (decoding_suffix) names the settings that differ from the checkpoint's defaults."""
     out = Path(out_dir)
-    return out / f"captions_{split}_beam{beam}.json", out / f"scores_{split}_beam{beam}.json"
+    return out / f"captions_{split}_beam{beam}{suffix}.json", out / f"scores_{split}_beam{beam}{suffix}.json"
+
+
+def decoding_suffix(ckpt, max_len, length_penalty, word_rules, data_root):
+    """'' when the captions are decoded as the checkpoint does by default; otherwise each setting that changes
+    them, e.g. '_maxlen2_lp0.6_norules_root-coco-a1b2c3'. So a measurement with other settings never replaces
+    the default scores file (make photos reuses it) nor the model card's row (add_scores takes defaults only)."""
+    parts = []
+    if max_len != checkpoint_max_len(ckpt):
+        parts.append(f"maxlen{max_len}")
+    if length_penalty:
+        parts.append(f"lp{length_penalty:g}")
+    if not word_rules:
+        parts.append("norules")
+    own_root = ckpt.get("config", {}).get("data_root", "")
+    if Path(data_root).expanduser().resolve() != Path(own_root).expanduser().resolve():
+        where = hashlib.sha256(str(Path(data_root).expanduser().resolve()).encode("utf-8")).hexdigest()[:6]
+        parts.append(f"root-{Path(data_root).resolve().name}-{where}")  # the hash tells two roots of one name apart
+    return "".join("_" + part for part in parts)
 
 
 def checkpoint_settings(ckpt, **overrides):
@@ -96,13 +119,16 @@ def same_images_note(ckpt, data_root, split, image_files):
     is used."""
     chosen, trained = seen_images(ckpt, data_root, split, image_files)
     n, lines = len(image_files), []
+    # A run started with --init-from records the images of the checkpoints it started from too (train.image_records)
+    init_from = ckpt.get("config", {}).get("init_from")
+    which_model = f"the checkpoint (or {init_from}, which it started from)" if init_from else "the checkpoint"
     if chosen:
         which = "these" if chosen == n else f"{chosen:,} of these {n:,}"
-        lines.append(f"note: the checkpoint was chosen on {which} {split} images (its validation split), so these "
+        lines.append(f"note: {which_model} was chosen on {which} {split} images (its validation split), so these "
                      "scores are optimistic; score a split training never saw (test, or a Karpathy test split on "
                      "COCO)")
     if trained:
-        lines.append(f"warning: {trained:,} of these {n:,} {split} images are among those the checkpoint was "
+        lines.append(f"warning: {trained:,} of these {n:,} {split} images are among those {which_model} was "
                      "trained on, so these scores overstate what it does on new images; score a split that "
                      "training never saw")
     return chosen, trained, lines
@@ -115,12 +141,13 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
 
     Returns (scores, captions): scores is a Scores dict (Bleu_1..4, METEOR, ROUGE_L, CIDEr, and on shapes
     data object_f1 and object_exact; `.missing` says why any is absent; `.diagnostics`, what the scores hide:
-    metrics.caption_diagnostics), captions {image_id: caption}.
+    metrics.caption_diagnostics; `.files`, the two files written), captions {image_id: caption}.
     split None: default_split of the data root (test on shapes, val on COCO);
     max_len None: the checkpoint's training max_len; data_root None: the checkpoint's; out_dir None: the
     checkpoint's folder, which receives captions_<split>_beam<k>.json (COCO results format) and
-    scores_<split>_beam<k>.json. word_rules=False decodes without model.word_rules (<unk> and any last word
-    allowed), to measure what the rules change.
+    scores_<split>_beam<k>.json, with decoding_suffix's suffix when a setting differs from the checkpoint's
+    defaults. word_rules=False decodes without model.word_rules (<unk> and any last word allowed), to measure
+    what the rules change.
     """
     device = get_device(device)
     encoder, decoder, vocab, ckpt = load_checkpoint(checkpoint, device)
@@ -153,13 +180,15 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     missing = {} if "METEOR" in values else {"METEOR": meteor_missing_reason()}
     scores = Scores(values, {**missing, "SPICE": SPICE_NOTE})
     scores.diagnostics = caption_diagnostics(captions, training_captions(settings["data_root"]), NO_END_AFTER)
+    scores.files = None  # (captions file, scores file) once written
     if save:
+        suffix = decoding_suffix(ckpt, max_len, length_penalty, word_rules, settings["data_root"])
         info = dict(checkpoint=str(checkpoint), data_root=str(settings["data_root"]), split=split, beam=beam,
-                    max_len=max_len, length_penalty=length_penalty, word_rules=word_rules, n_images=len(captions),
-                    chosen_on_this_split=bool(chosen), images_chosen_on=chosen, images_trained_on=trained,
-                    notes=notes, diagnostics=scores.diagnostics)
-        write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info)
-        if word_rules:  # the model card lists the model as it captions; --no-word-rules is a measurement
+                    max_len=max_len, length_penalty=length_penalty, word_rules=word_rules,
+                    default_decoding=not suffix, n_images=len(captions), chosen_on_this_split=bool(chosen),
+                    images_chosen_on=chosen, images_trained_on=trained, notes=notes, diagnostics=scores.diagnostics)
+        scores.files = write_results(out_dir or Path(checkpoint).parent, split, beam, captions, scores, info, suffix)
+        if not suffix:  # the model card lists the model as it captions by default; other settings are measurements
             model_card.add_scores(checkpoint, {**info, "scores": dict(scores)})  # its row on MODEL_CARD.md
     return scores, captions
 
@@ -172,9 +201,9 @@ def training_captions(data_root):
         return ()
 
 
-def write_results(out_dir, split, beam, captions, scores, info=None):
+def write_results(out_dir, split, beam, captions, scores, info=None, suffix=""):
     """Write captions (COCO results: [{"image_id", "caption"}]) and scores JSON; returns both paths."""
-    captions_file, scores_file = output_paths(out_dir, split, beam)
+    captions_file, scores_file = output_paths(out_dir, split, beam, suffix)
     captions_file.parent.mkdir(parents=True, exist_ok=True)
     results = [{"image_id": i, "caption": captions[i]} for i in sorted(captions)]
     captions_file.write_text(json.dumps(results, indent=1))
@@ -197,7 +226,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Caption a split with a checkpoint and score the captions (BLEU 1-4, METEOR, ROUGE-L, CIDEr; "
                     "object F1 on shapes). Writes captions_<split>_beam<k>.json (COCO results format) and "
-                    "scores_<split>_beam<k>.json.",
+                    "scores_<split>_beam<k>.json; settings other than the checkpoint's defaults add a suffix, e.g. "
+                    "scores_val_beam3_maxlen2_norules.json, and leave the model card alone.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--checkpoint", default=None,
                         help="a checkpoint file; None: best.pt of the newest run under --runs-dir")
@@ -244,7 +274,7 @@ def main(argv=None):
     print(f"{checkpoint}: {len(captions)} {args.split} images\n")
     print(scores_table({name: scores}))
     print("\n" + "\n".join(diagnostics_lines(scores.diagnostics)))
-    captions_file, scores_file = output_paths(args.out or Path(checkpoint).parent, args.split, args.beam)
+    captions_file, scores_file = scores.files
     print(f"\nwrote {captions_file} and {scores_file}")
     return 0
 

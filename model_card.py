@@ -1,14 +1,15 @@
 """MODEL_CARD.md beside a run's best.pt: what the model is, what it learnt from, how well it does, how to rebuild it.
 
-    write_card(run_dir, defaults)          # train.py, whenever best.pt is written (defaults: TrainConfig's)
+    start_session(run_dir, defaults, ...)  # train.py, as a session starts: the rebuild command, what a resume changed
+    write_card(run_dir)                    # train.py, whenever best.pt is written
     finish_training(run_dir, wall_s, device)   # train.py, at the end of a run: its time and machine
     add_scores(checkpoint, record)         # evaluate.py: one row per split and beam width, the newest kept
     trained_on(ckpt, checkpoint)           # the one line caption.py and the hub object print
 
 Every figure comes from the run's own files: config.json, metrics.jsonl, best.pt, and model_card.json, which keeps
-what those do not hold: the data's split sizes (counted once), the rebuild command, each training session's wall
-time and machine, and the evaluations' scores. MODEL_CARD.md is redrawn from them at every change, and both files
-are written to a temporary name and renamed.
+what those do not hold: the data's split sizes (counted once), the rebuild command and the settings each resumed
+session changed, each training session's wall time and machine, and the evaluations' scores. MODEL_CARD.md is
+redrawn from them at every change, and both files are written to a temporary name and renamed.
 """
 import json
 import os
@@ -89,16 +90,22 @@ def data_summary(config):
 
 def rebuild_command(config, defaults):
     """`python train.py` with every setting that differs from TrainConfig's defaults, as flags."""
-    parts = ["python", "train.py"]
-    for key, value in config.items():
-        if key in NOT_IN_COMMAND or key not in defaults or value == defaults[key]:
+    return " ".join(["python", "train.py"] + as_flags({k: v for k, v in config.items()
+                                                      if k in defaults and v != defaults[k]}))
+
+
+def as_flags(settings):
+    """train.py flags for settings: ["--lr", "0.0001", "--no-strict", ...]; where the run goes and logs left out."""
+    parts = []
+    for key, value in settings.items():
+        if key in NOT_IN_COMMAND:
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
             parts.append(flag if value else "--no-" + flag[2:])
         else:
             parts += [flag, shlex.quote(str(value))]
-    return " ".join(parts)
+    return parts
 
 
 def machine(device):
@@ -183,17 +190,39 @@ def render(run_dir, config, rows, ckpt, state):
         lines += [f"- machine: {m}" for m in dict.fromkeys(s["machine"] for s in sessions)]
     else:
         lines.append("- the run has not finished: its whole time and machine are added at its end")
-    lines += ["", "## Config", "", "config.json:", "", "```json", json.dumps(config, indent=1), "```"]
-    if state.get("command"):
-        lines += ["", "## Rebuild", "", "The same data root and this command train the same model (seeded; on the "
-                  "same kind of device, bit for bit):", "", "```", state["command"], "```"]
-    return "\n".join(lines) + "\n"
+    lines += ["", "## Config", "", "config.json (its latest session's settings):", "", "```json",
+              json.dumps(config, indent=1), "```"]
+    return "\n".join(lines + rebuild_lines(state)) + "\n"
+
+
+def rebuild_lines(state):
+    """The card's Rebuild section: the run's first command, and the resumed sessions that changed settings.
+
+    A resume with the settings unchanged trains bit for bit what the uninterrupted run would have (the tests
+    check it), so one command rebuilds such a run. A resume that changed settings (--lr, --epochs, ...) makes a
+    run that no single command trains: its sessions are listed in order, with no bit-for-bit claim.
+    """
+    if not state.get("command"):
+        return []
+    changed = [r for r in state.get("resumes", []) if r["changed"]]
+    if not changed:
+        return ["", "## Rebuild", "", "The same data root and this command train the same model (seeded; on the "
+                "same kind of device, bit for bit):", "", "```", state["command"], "```"]
+    lines = ["", "## Rebuild", "", f"The run was resumed with other settings {len(changed)} time(s), so no single "
+             "command rebuilds it, and these steps are not claimed to give the same weights bit for bit. With the "
+             "same data root, its sessions in order (RUN: the folder the first command makes):", "", "```",
+             f"{state['command']}   # stopped after epoch {changed[0]['at_epoch']}"]
+    for resume, after in zip(changed, changed[1:] + [None]):
+        until = f", stopped after epoch {after['at_epoch']}" if after else ""
+        lines.append(" ".join(["python", "train.py", "--resume", "RUN"] + as_flags(resume["changed"]))
+                     + f"   # from epoch {resume['at_epoch']}{until}")
+    return lines + ["```"]
 
 
 def update(run_dir, change=None):
-    """Apply change(state) to model_card.json, then redraw MODEL_CARD.md; nothing when there is no best.pt."""
+    """Apply change(state) to model_card.json, then redraw MODEL_CARD.md when there is a best.pt to describe."""
     run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").is_file() or not (run_dir / "config.json").is_file():
+    if not (run_dir / "config.json").is_file():
         return None
     config = json.loads((run_dir / "config.json").read_text())
     state = read_state(run_dir)
@@ -201,20 +230,37 @@ def update(run_dir, change=None):
         state["data"] = data_summary(config)
     if change:
         change(state)
-    ckpt = read_checkpoint(run_dir / "best.pt")
-    text = render(run_dir, config, read_rows(run_dir), ckpt, state)
+    text = None
+    if (run_dir / "best.pt").is_file():
+        text = render(run_dir, config, read_rows(run_dir), read_checkpoint(run_dir / "best.pt"), state)
     atomic_write_text(run_dir / STATE, json.dumps(state, indent=1))
+    if text is None:
+        return None
     atomic_write_text(run_dir / CARD, text)
     return run_dir / CARD
 
 
-def write_card(run_dir, defaults=None):
-    """(Re)write RUN/MODEL_CARD.md from the run's files; defaults (TrainConfig's, as a dict) give the rebuild
-    command, which names only the settings that differ from them."""
+def write_card(run_dir):
+    """(Re)write RUN/MODEL_CARD.md from the run's files."""
+    return update(run_dir)
+
+
+def start_session(run_dir, defaults, resumed_at=None, changed=None):
+    """Record a training session as it starts (after train.py wrote config.json).
+
+    A new run (resumed_at None) starts a fresh record: its rebuild command, the settings that differ from
+    `defaults` (TrainConfig's, as a dict). A resumed one adds the epoch it resumed at and the settings it
+    changed, {name: new value}; those that change only where the run goes and how it logs are left out.
+    """
     def change(state):
-        if defaults is not None:
+        if resumed_at is None:
             config = json.loads((Path(run_dir) / "config.json").read_text())
-            state["command"] = rebuild_command(config, defaults)
+            for key in [k for k in state if k != "data"]:  # a folder that a run which never saved last.pt left
+                del state[key]
+            state.update(command=rebuild_command(config, defaults), resumes=[])
+        else:
+            kept = {k: v for k, v in (changed or {}).items() if k not in NOT_IN_COMMAND}
+            state.setdefault("resumes", []).append({"at_epoch": resumed_at, "changed": kept})
     return update(run_dir, change)
 
 
@@ -245,10 +291,18 @@ def trained_on(ckpt, checkpoint=None):
 
 
 def run_finished(run_dir):
-    """Whether a run trained every epoch its config asks for and holds best.pt (make photos reuses it then)."""
+    """Whether a run's checkpoints hold every epoch its config asks for (make photos reuses it then, else resumes).
+
+    Decided from the newest checkpoint, never from metrics.jsonl: an epoch's row is logged before its last.pt is
+    saved, so a run killed between the two has the row but not the weights, and must be resumed.
+    """
     run_dir = Path(run_dir)
-    if not (run_dir / "best.pt").is_file() or not (run_dir / "config.json").is_file():
+    if not all((run_dir / name).is_file() for name in ("last.pt", "best.pt", "config.json")):
         return False
     config = json.loads((run_dir / "config.json").read_text())
-    rows = read_rows(run_dir)
-    return bool(rows) and rows[-1].get("epoch") == config["epochs"] + config.get("scst_epochs", 0)
+    planned = config["epochs"] + config.get("scst_epochs", 0)
+    try:  # best.pt is the newer one when save_every > 1 left last.pt behind (train.resume_checkpoint)
+        trained = max(read_checkpoint(run_dir / name).get("epoch", 0) for name in ("last.pt", "best.pt"))
+    except ValueError:  # an unreadable checkpoint: resuming says what is wrong with it
+        return False
+    return trained >= planned

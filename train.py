@@ -18,6 +18,7 @@ one epoch, validation, checkpoints, the whole run, the command line.
 """
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -466,6 +468,22 @@ def split_digests(split):
     return image_digests([split.dataset.image_files[i] for i in rows])
 
 
+def image_records(train_split, val_split, start, cfg):
+    """{"train_images", "val_images"}: the digests of the images this run trains and is chosen on, joined with
+    those the checkpoint it starts from records (--init-from, --resume), since the weights carry what that
+    checkpoint saw: evaluate.py then warns about a split that an earlier run of the chain trained on."""
+    records = {"train_images": split_digests(train_split), "val_images": split_digests(val_split)}
+    if start is None:
+        return records
+    if any(start.get(key) is None for key in records) and not cfg.resume:
+        print(f"note: {cfg.init_from} does not record which images it was trained and chosen on (a checkpoint older "
+              "than that record), so evaluate.py cannot warn when a split it scores holds them")
+    for key, own in records.items():
+        if start.get(key) is not None:
+            records[key] = torch.unique(torch.cat([own, torch.as_tensor(start[key]).cpu()]))  # sorted, distinct
+    return records
+
+
 def score_the_start(model, optimizer, cfg, vocab, val_split, state, device, run_dir):
     """--init-from: validate the starting weights as epoch 0 of the new run and write them as best.pt, so an
     epoch becomes best.pt only by beating them, and best.pt is never worse than what the run began from.
@@ -530,6 +548,12 @@ def resume_config(run_dir, overrides=None):
     return dataclasses.replace(saved, **kept, resume=str(run_dir)), ckpt
 
 
+def resumed_changes(ckpt, cfg):
+    """{setting: value} of a resumed run's settings that differ from those of the checkpoint it continues."""
+    saved = ckpt["config"]
+    return {k: getattr(cfg, k) for k in RESUMABLE if k in saved and getattr(cfg, k) != saved[k]}
+
+
 def resume_checkpoint(run_dir):
     """RUN_DIR's last.pt, or its best.pt when that is newer.
 
@@ -591,7 +615,16 @@ def check_settings(cfg):
         ("max_len", cfg.max_len >= 1, "at least 1"), ("val_images", cfg.val_images >= 0, "0 or more"),
         ("save_every", cfg.save_every >= 1, "at least 1"), ("log_every", cfg.log_every >= 1, "at least 1"),
         ("dropout", 0 <= cfg.dropout < 1, "in [0, 1)"), ("decoder_dropout", 0 <= cfg.decoder_dropout < 1, "in [0, 1)"),
-        ("decoder", cfg.decoder in DECODER_TYPES, f"one of {', '.join(DECODER_TYPES)}")) if not ok]
+        ("decoder", cfg.decoder in DECODER_TYPES, f"one of {', '.join(DECODER_TYPES)}"),
+        ("embed_size", cfg.embed_size >= 1, "at least 1"), ("hidden_size", cfg.hidden_size >= 1, "at least 1"),
+        ("num_layers", cfg.num_layers >= 1, "at least 1"), ("grid", cfg.grid >= 1, "at least 1"),
+        ("image_size", cfg.image_size >= 1, "at least 1"), ("head_hidden", cfg.head_hidden >= 0, "0 or more"),
+        ("backbone_blocks", cfg.backbone_blocks >= 0, "0 or more"),
+        ("local_hidden", cfg.local_hidden >= 0, "0 or more"),
+        ("attention_size", cfg.attention_size >= 0, "0 (hidden_size) or more"),
+        ("attention_reg", cfg.attention_reg >= 0, "0 or more"), ("num_workers", cfg.num_workers >= 0, "0 or more"))
+        if not ok]
+    problems += backbone_problems(cfg.backbone)
     if cfg.train_backbone and cfg.feature_norm:  # prepare() would say so only after the folder and vocabulary
         problems.append("--feature-norm needs a frozen backbone (its statistics come from the feature cache): "
                         "leave out --train-backbone or give --no-feature-norm")
@@ -600,6 +633,16 @@ def check_settings(cfg):
     problems += decoder_problems(cfg)
     if problems:
         raise ValueError("; ".join(problems))
+
+
+def backbone_problems(name):
+    """A backbone that is no torchvision classifier, named with the nearest names; nothing built or downloaded."""
+    names = torchvision.models.list_models(module=torchvision.models)  # classifiers only: no detection models
+    if name in names:
+        return []
+    near = difflib.get_close_matches(str(name), names, n=3)
+    hint = f"did you mean {' or '.join(near)}?" if near else "e.g. mobilenet_v2, resnet50 or efficientnet_b0"
+    return [f"--backbone {name!r} is not a torchvision classification model; {hint}"]
 
 
 def scst_problems(cfg):
@@ -741,8 +784,7 @@ def train(cfg):
     model = Captioner(encoder, decoder).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"step": 0, "best": None, "train_images": split_digests(train_split),
-             "val_images": split_digests(val_split)}
+    state = {"step": 0, "best": None, **image_records(train_split, val_split, ckpt or init, cfg)}
     start_epoch = 0
     if init is not None:  # its weights only: the optimiser, epoch and best score start afresh
         load_state(model.encoder, init["encoder"], "encoder")
@@ -773,6 +815,10 @@ def train(cfg):
         persistent_workers=cfg.num_workers > 0, pin_memory=device.type == "cuda")
     if rank == 0:
         save_run_files(run_dir, cfg, vocab)
+        if ckpt is None:  # the card's rebuild command; a resumed session records what it changed
+            model_card.start_session(run_dir, asdict(TrainConfig()))
+        else:
+            model_card.start_session(run_dir, asdict(TrainConfig()), start_epoch, resumed_changes(ckpt, cfg))
         n_params = sum(p.numel() for p in params)
         print(f"training {n_params:,} parameters on {len(train_split.usable):,} captions, device {device}, "
               f"{world_size} process(es); run folder {run_dir}")
@@ -812,7 +858,7 @@ def train(cfg):
                     atomic_save(ckpt_dict, run_dir / "last.pt")
                 if improved:
                     atomic_save(ckpt_dict, run_dir / "best.pt")
-                    model_card.write_card(run_dir, asdict(TrainConfig()))  # MODEL_CARD.md beside best.pt
+                    model_card.write_card(run_dir)  # MODEL_CARD.md beside best.pt
         barrier(world_size)
     if rank == 0:
         model_card.finish_training(run_dir, time.time() - started, device)

@@ -70,8 +70,8 @@ def test_evaluate_adds_one_row_per_split_and_beam_the_newest_kept(run, tmp_path)
     checkpoint = run / "best.pt"
     common = dict(split="test", backend="python", device="cpu", num_workers=0, progress=False)
     evaluate.evaluate_checkpoint(checkpoint, beam=1, max_len=3, out_dir=tmp_path / "old", **common)
-    old = json.loads((tmp_path / "old" / "scores_test_beam1.json").read_text())
-    evaluate.evaluate_checkpoint(checkpoint, beam=1, **common)  # the same split and beam again: replaces the row
+    old = json.loads((tmp_path / "old" / "scores_test_beam1_maxlen3.json").read_text())  # not the default name
+    evaluate.evaluate_checkpoint(checkpoint, beam=1, **common)  # default settings: the card row
     evaluate.evaluate_checkpoint(checkpoint, beam=2, **common)
     text = (run / "MODEL_CARD.md").read_text()
     header = next(line for line in text.splitlines() if line.startswith("| split | beam | images |"))
@@ -93,3 +93,35 @@ def test_evaluate_adds_one_row_per_split_and_beam_the_newest_kept(run, tmp_path)
     before = (run / "MODEL_CARD.md").read_text()
     assert model_card.add_scores(run / "last.pt", {"split": "val", "beam": 9, "n_images": 1, "scores": {}}) is None
     assert (run / "MODEL_CARD.md").read_text() == before
+
+
+def test_other_decoding_settings_never_replace_the_default_scores_file_or_card_row(run, tiny_shapes, tmp_path):
+    """--max-len, --length-penalty, --no-word-rules and another data root each write files of their own name;
+    the default scores file and the card's row stay those of the default settings."""
+    import shutil
+
+    checkpoint = run / "best.pt"
+    common = dict(split="test", beam=1, backend="python", device="cpu", num_workers=0, progress=False)
+    evaluate.evaluate_checkpoint(checkpoint, **common)
+    default_file = run / "scores_test_beam1.json"
+    before, card = default_file.read_bytes(), (run / "MODEL_CARD.md").read_text()
+    copy = shutil.copytree(tiny_shapes, tmp_path / "elsewhere" / "shapes")
+    variants = [(dict(max_len=2), "_maxlen2"), (dict(length_penalty=0.5), "_lp0.5"),
+                (dict(word_rules=False), "_norules"),
+                (dict(max_len=2, word_rules=False), "_maxlen2_norules"), (dict(data_root=str(copy)), "_root-shapes-")]
+    for settings, suffix in variants:
+        scores, _ = evaluate.evaluate_checkpoint(checkpoint, **settings, **common)
+        assert default_file.read_bytes() == before and (run / "MODEL_CARD.md").read_text() == card, settings
+        captions_file, scores_file = scores.files
+        assert scores_file.name.startswith(f"scores_test_beam1{suffix}") and scores_file.parent == run, settings
+        assert captions_file.name == scores_file.name.replace("scores_", "captions_")
+        record = json.loads(scores_file.read_text())
+        assert record["default_decoding"] is False and record["n_images"] == 16
+    assert json.loads(before)["default_decoding"] is True
+    short = json.loads((run / "scores_test_beam1_maxlen2.json").read_text())
+    assert short["max_len"] == 2 and short["scores"] != json.loads(before)["scores"]  # really another measurement
+    # The checkpoint's own settings, spelt out, are the defaults: the same file and row.
+    own = read_checkpoint(checkpoint)["config"]
+    scores, _ = evaluate.evaluate_checkpoint(checkpoint, max_len=own["max_len"], data_root=str(tiny_shapes) + "/",
+                                             **common)
+    assert scores.files[1] == default_file
