@@ -765,6 +765,15 @@ def extract(path, archive, dest):
     return len(members)
 
 
+def sha256_of(path):
+    """The SHA-256 of a file, read a CHUNK at a time (hashlib.file_digest would need Python 3.11)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def done_marker(dest, key):
     return Path(dest) / f".download-{key}.json"
 
@@ -829,8 +838,8 @@ def download(key, dest, mirror=None, keep_zips=False, progress=True):
     files = {}
     for archive in spec.archives:
         path = dest / archive.file
-        with open(path, "rb") as f:  # no official checksums exist: this one lets two copies be compared
-            files[archive.file] = {"bytes": path.stat().st_size, "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+        # No official checksums exist: this one lets two copies be compared.
+        files[archive.file] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
         n = extract(path, archive, dest)
         print(f"unpacked {n:,} files of {archive.file} ({files[archive.file]['bytes']:,} bytes, sha256 "
               f"{files[archive.file]['sha256'][:16]}...) into {dest / archive.folder}")
