@@ -596,7 +596,7 @@ class DownloadSpec:
     archives: tuple
     counts: object  # function(dest) -> {what: number}, counted after unpacking
     official: dict  # the published counts; a difference is a warning
-    required: tuple  # counts that must not be zero
+    problems: object  # function(dest) -> [what keeps dest from being usable]; [] when it is usable
 
 
 def flickr8k_counts(dest):
@@ -607,11 +607,56 @@ def flickr8k_counts(dest):
     return {"images": n_images, "caption lines": n_lines}
 
 
+def flickr8k_problems(dest):
+    """What keeps dest from being a usable Flickr8k (the original layout or Kaggle's): no layout, captions that
+    cannot be read, or no image on disk with a caption (an empty image folder, an empty caption file)."""
+    try:
+        source = detect(dest)
+        if source is None or source.kind not in ("flickr8k", "kaggle"):
+            return [f"no {FLICKR_IMAGES[0]}/ with {FLICKR_TEXT}/{FLICKR_TOKENS}, nor {KAGGLE_IMAGES}/ with "
+                    f"{KAGGLE_CAPTIONS}"]
+        data = source.read()
+    except (DataSourceError, OSError) as e:
+        return [str(e)]
+    if not data.captions:
+        return [f"no image in {source.image_dir} has a caption in {source.inputs[0].name}"]
+    return []
+
+
+def count_jpgs(folder):
+    return len([n for n in list_images(folder) if n.lower().endswith(".jpg")]) if folder.is_dir() else 0
+
+
+def coco_caption_files(dest):
+    return [dest / "annotations" / f"captions_{split}2017.json" for split in ("train", "val")]
+
+
 def coco_counts(dest):
-    count = lambda d: len([n for n in list_images(d) if n.lower().endswith(".jpg")]) if d.is_dir() else 0
-    annotations = dest / "annotations"
-    return {"train2017 images": count(dest / "train2017"), "val2017 images": count(dest / "val2017"),
-            "caption files": sum((annotations / f"captions_{s}2017.json").is_file() for s in ("train", "val"))}
+    return {"train2017 images": count_jpgs(dest / "train2017"), "val2017 images": count_jpgs(dest / "val2017"),
+            "caption files": sum(f.is_file() for f in coco_caption_files(dest))}
+
+
+def coco_problems(dest):
+    """What keeps dest from being a usable COCO 2017: an image folder without JPEGs, a caption file that is
+    absent or cut short."""
+    problems = [f"{dest / folder}/ holds no .jpg" for folder in ("train2017", "val2017")
+                if not count_jpgs(dest / folder)]
+    problems += [f"{f} is absent or not a whole JSON object" for f in coco_caption_files(dest)
+                 if not whole_json_object(f)]
+    return problems
+
+
+def whole_json_object(path, edge=64):
+    """Whether a file starts with `{` and ends with `}` (whitespace aside): a cheap check that a caption file is
+    whole, where json.load of COCO's 90 MB of train captions would take seconds and a gigabyte of memory."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(edge).lstrip()
+            f.seek(max(0, os.fstat(f.fileno()).st_size - edge))
+            tail = f.read().rstrip()
+    except OSError:
+        return False
+    return head.startswith(b"{") and tail.endswith(b"}")
 
 
 DOWNLOADS = {
@@ -619,15 +664,14 @@ DOWNLOADS = {
         "Flickr8k",
         (Archive("Flickr8k_Dataset.zip", FLICKR8K_URL, "1.1 GB", FLICKR_IMAGES[0], (".jpg",)),
          Archive("Flickr8k_text.zip", FLICKR8K_URL, "2.3 MB", FLICKR_TEXT, (FLICKR_TOKENS,))),
-        flickr8k_counts, {"images": 8091, "caption lines": 40460}, ("images", "caption lines")),
+        flickr8k_counts, {"images": 8091, "caption lines": 40460}, flickr8k_problems),
     "coco": DownloadSpec(
         "COCO 2017",
         (Archive("train2017.zip", COCO_IMAGES_URL, "18 GB", "train2017", (".jpg",)),
          Archive("val2017.zip", COCO_IMAGES_URL, "1 GB", "val2017", (".jpg",)),
          Archive("annotations_trainval2017.zip", COCO_ANNOTATIONS_URL, "241 MB", "annotations",
                  ("captions_train2017.json", "captions_val2017.json"))),
-        coco_counts, {"train2017 images": 118287, "val2017 images": 5000, "caption files": 2},
-        ("train2017 images", "val2017 images", "caption files")),
+        coco_counts, {"train2017 images": 118287, "val2017 images": 5000, "caption files": 2}, coco_problems),
 }
 
 
@@ -775,7 +819,14 @@ def sha256_of(path):
 
 
 def done_marker(dest, key):
+    """Written last, when the whole dataset is in place."""
     return Path(dest) / f".download-{key}.json"
+
+
+def unpacking_marker(dest, key):
+    """Written before the first file is unpacked and removed after the done marker: while it is there, what the
+    folder holds may be half unpacked, however complete it looks."""
+    return Path(dest) / f".download-{key}.unpacking.json"
 
 
 def by_hand_message(spec, dest, mirror, reason):
@@ -787,28 +838,36 @@ def by_hand_message(spec, dest, mirror, reason):
 
 
 def check_counts(spec, dest):
-    """Count what was unpacked; warn when it differs from the official counts, fail when a needed part is empty."""
+    """Count what was unpacked; warn when it differs from the official counts, fail when it is not usable."""
     counts = spec.counts(Path(dest))
     print(f"{dest}: " + ", ".join(f"{v:,} {k}" for k, v in counts.items()))
     for key, official in spec.official.items():
         if counts[key] != official:
             print(f"warning: {counts[key]:,} {key}, but the official {spec.name} has {official:,}; the download or "
                   "the archive may be incomplete (delete the folder and download again if this is unexpected)")
-    empty = [k for k in spec.required if not counts[k]]
-    if empty:
-        raise DownloadError(f"{dest} holds no {', '.join(empty)} after unpacking; delete the zips there and run the "
-                            "command again")
+    problems = spec.problems(Path(dest))
+    if problems:
+        raise DownloadError(f"{dest} is not usable after unpacking ({'; '.join(problems)}); delete the zips there and "
+                            "run the command again")
     return counts
 
 
 def already_there(key, dest):
-    """Whether dest already holds the dataset: a finished download, or a layout that --data-root reads."""
+    """Whether dest already holds the dataset: a finished download (its marker), or, where no unpack was left
+    unfinished, a layout that --data-root reads with every needed part present and readable. Says why a folder
+    that holds something is not trusted."""
+    spec, dest = DOWNLOADS[key], Path(dest)
     if done_marker(dest, key).is_file():
         return True
-    if key == "flickr8k":
-        source = detect(dest) if Path(dest).is_dir() else None
-        return source is not None and source.kind in ("flickr8k", "kaggle")
-    return all((Path(dest) / a.folder).is_dir() for a in DOWNLOADS[key].archives)
+    if unpacking_marker(dest, key).is_file():
+        print(f"note: unpacking {spec.name} into {dest} did not finish last time; it is done again")
+        return False
+    if not dest.is_dir() or not [p for p in dest.iterdir() if not p.name.endswith((".zip", ".zip" + PARTIAL))]:
+        return False  # nothing there yet but zips: no note needed
+    problems = spec.problems(dest)
+    if problems:
+        print(f"note: {dest} does not hold a whole {spec.name} ({'; '.join(problems)}); downloading it")
+    return not problems
 
 
 def download(key, dest, mirror=None, keep_zips=False, progress=True):
@@ -816,7 +875,8 @@ def download(key, dest, mirror=None, keep_zips=False, progress=True):
 
     Each zip goes to dest/<file> (through a .part name), is checked (readable, safe member names, the needed
     files present), unpacked, and deleted unless keep_zips. A marker file written last says the whole dataset is
-    in place, so a rerun after success does nothing; a zip put in dest by hand is used as it is.
+    in place, so a rerun after success does nothing; another, there from the first file unpacked until then, makes
+    a rerun after an interruption unpack again. A zip put in dest by hand is used as it is.
     """
     spec = DOWNLOADS[key]
     dest = Path(dest)
@@ -835,6 +895,8 @@ def download(key, dest, mirror=None, keep_zips=False, progress=True):
             except Offline as e:
                 raise Offline(by_hand_message(spec, dest, mirror, str(e))) from None
         open_archive(path, archive)[0].close()  # every zip is checked before any is unpacked
+    atomic_write_json({"dataset": spec.name, "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                      unpacking_marker(dest, key))
     files = {}
     for archive in spec.archives:
         path = dest / archive.file
@@ -846,6 +908,7 @@ def download(key, dest, mirror=None, keep_zips=False, progress=True):
     counts = check_counts(spec, dest)
     atomic_write_json({"dataset": spec.name, "counts": counts, "files": files,
                        "finished": time.strftime("%Y-%m-%d %H:%M:%S")}, done_marker(dest, key))
+    unpacking_marker(dest, key).unlink()
     if not keep_zips:
         for archive in spec.archives:
             (dest / archive.file).unlink(missing_ok=True)

@@ -151,12 +151,17 @@ def test_download_unpacks_the_original_layout_and_a_rerun_does_nothing(tmp_path,
     assert "already holds Flickr8k; nothing to download" in capsys.readouterr().out
 
 
-def test_download_coco_from_a_mirror(tmp_path, serve, capsys):
+def coco_zips(tmp_path):
+    """The three COCO 2017 zips, tiny: two train images, one val image, two caption files."""
     image = (make_flickr(tmp_path / "src", 1, 0, 0)[0] / "Flicker8k_Dataset" / "img000_a1b2.jpg").read_bytes()
-    files = {"train2017.zip": zip_bytes({"train2017/000000000009.jpg": image, "train2017/000000000025.jpg": image}),
-             "val2017.zip": zip_bytes({"val2017/000000000139.jpg": image}),
-             "annotations_trainval2017.zip": zip_bytes({"annotations/captions_train2017.json": b"{}",
-                                                        "annotations/captions_val2017.json": b"{}"})}
+    return {"train2017.zip": zip_bytes({"train2017/000000000009.jpg": image, "train2017/000000000025.jpg": image}),
+            "val2017.zip": zip_bytes({"val2017/000000000139.jpg": image}),
+            "annotations_trainval2017.zip": zip_bytes({"annotations/captions_train2017.json": b"{}",
+                                                       "annotations/captions_val2017.json": b"{}"})}
+
+
+def test_download_coco_from_a_mirror(tmp_path, serve, capsys):
+    files = coco_zips(tmp_path)
     server = serve(files)
     dest = tmp_path / "coco"
     assert ds.main(["download", "coco", "--dest", str(dest), "--mirror", server.url + "/"]) == 0
@@ -191,6 +196,65 @@ def test_a_cut_download_is_never_taken_for_whole_and_a_rerun_finishes_it(tmp_pat
     assert (dest / "Flickr8k_Dataset.zip").read_bytes() == files["Flickr8k_Dataset.zip"]  # whole, either way
     assert not (dest / "Flickr8k_Dataset.zip.part").exists()
     assert len(list((dest / "Flicker8k_Dataset").glob("*.jpg"))) == N_IMAGES
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interrupted or failed unpacking: never taken for a finished dataset
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("leftover", ["empty-folders", "cut-caption-file"])
+def test_an_unfinished_coco_folder_is_downloaded_again(tmp_path, serve, capsys, leftover):
+    dest = tmp_path / "coco"
+    for folder in ("train2017", "val2017", "annotations"):
+        (dest / folder).mkdir(parents=True)
+    if leftover == "cut-caption-file":  # images there, but a caption file cut short
+        for name in ("train2017/000000000009.jpg", "val2017/000000000139.jpg"):
+            (dest / name).write_bytes(b"jpeg")
+        (dest / "annotations" / "captions_train2017.json").write_text('{"images": [')
+        (dest / "annotations" / "captions_val2017.json").write_text("{}")
+    server = serve(coco_zips(tmp_path))
+    assert ds.main(["download", "coco", "--dest", str(dest), "--mirror", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to download" not in out and f"note: {dest} does not hold a whole COCO 2017" in out
+    assert len(server.requests) == 3 and ds.done_marker(dest, "coco").is_file()
+    assert (dest / "annotations" / "captions_train2017.json").read_bytes() == b"{}"  # the cut file replaced
+
+
+@pytest.mark.parametrize("leftover", ["no-images", "empty-caption-file"])
+def test_a_failed_flickr8k_unpack_whose_zips_were_deleted_is_downloaded_again(tmp_path, serve, capsys, leftover):
+    dest, _ = make_flickr(tmp_path / "flickr8k")  # what the failed unpack left, below
+    if leftover == "no-images":
+        for image in (dest / "Flicker8k_Dataset").iterdir():
+            image.unlink()
+    else:
+        (dest / "Flickr8k_text" / "Flickr8k.token.txt").write_bytes(b"")
+    server = serve(flickr_zips(tmp_path))
+    assert download(dest, server.url) == 0
+    out = capsys.readouterr().out
+    assert "nothing to download" not in out and f"note: {dest} does not hold a whole Flickr8k" in out
+    assert len(server.requests) == 2
+    assert_flickr8k_ready(dest)
+
+
+def test_an_unpack_interrupted_before_the_marker_is_done_again(tmp_path, serve, capsys, monkeypatch):
+    """Everything unpacked but the run stopped before the marker (Ctrl-C, a full disk): the folder looks whole,
+    yet the rerun unpacks again from the zips that were kept, and finishes."""
+    server = serve(flickr_zips(tmp_path))
+    dest = tmp_path / "flickr8k"
+
+    def interrupted(spec, dest):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(ds, "check_counts", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            download(dest, server.url)
+    assert ds.unpacking_marker(dest, "flickr8k").is_file() and (dest / "Flickr8k_Dataset.zip").is_file()
+    capsys.readouterr()
+    assert download(dest, server.url) == 0
+    out = capsys.readouterr().out
+    assert "did not finish last time" in out and f"unpacked {N_IMAGES:,} files of Flickr8k_Dataset.zip" in out
+    assert len(server.requests) == 2  # the kept zips were used
+    assert_flickr8k_ready(dest)  # the unpacking marker is gone, the done marker there, the zips deleted
 
 
 # ---------------------------------------------------------------------------------------------------
