@@ -86,7 +86,7 @@ demo: venv weights $(DEMO_DATA)
 	@"$(PY)" -c "import visualize; print(visualize.demo_summary(figures=$(DEMO_SHOWN)))"
 
 # `make photos`: from nothing to captions of your own photos. Flickr8k is downloaded into DATA_ROOT unless it is
-# there already (data_sources.py download), the PRESET recipe trains into OUT_DIR/RUN (a finished run there is
+# there already (downloads.py), the PRESET recipe trains into OUT_DIR/RUN (a finished run there is
 # reused, an unfinished one continued), the val split is scored with beam 3 (its row goes on the run's
 # MODEL_CARD.md), and images/ and the PHOTOS folder are captioned: the captions printed, the figures in PHOTOS_OUT
 # (photos_<folder>.png, and attention/<folder>_<photo>.png for a model with attention).
@@ -108,7 +108,7 @@ photos: venv weights
 	@start=$$(date +%s); run="$(OUT_DIR)/$(RUN)"; \
 	photos="$(PHOTOS)"; case "$$photos" in "~/"*) photos="$$HOME/$${photos#"~/"}";; esac; \
 	set -- images; [ -z "$$photos" ] || set -- images "$$photos"; \
-	"$(PY)" data_sources.py download flickr8k --dest "$(PHOTOS_DATA)" || exit 1; \
+	"$(PY)" downloads.py flickr8k --dest "$(PHOTOS_DATA)" || exit 1; \
 	if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$$run"; then \
 		echo "== $$run is a finished run: training skipped (delete that folder to train again)"; \
 	elif [ -f "$$run/last.pt" ]; then \

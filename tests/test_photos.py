@@ -95,7 +95,7 @@ def test_make_photos_passes_every_path_whole(tmp_path, photos):
     calls = [json.loads(line) for line in (fake_bin / "calls.jsonl").read_text().splitlines()]
     best = f"{out}/photos-flickr8k-best/best.pt"
     folders = ["images", str(tmp_path / "My Photos")] if photos else ["images"]
-    assert calls[0] == ["data_sources.py", "download", "flickr8k", "--dest", str(data)]
+    assert calls[0] == ["downloads.py", "flickr8k", "--dest", str(data)]
     assert calls[2] == ["train.py", "--preset", "flickr8k-best", "--data-root", str(data), "--out-dir", str(out),
                         "--run-name", "photos-flickr8k-best"]
     assert calls[3] == ["evaluate.py", "--checkpoint", best, "--split", "val", "--beam", "3"]

@@ -50,7 +50,7 @@ def test_every_python_file_compiles_under_python_3_10():
     rather than py_compile, so that no __pycache__ is written into the repository."""
     files = sorted(str(p.relative_to(REPO_ROOT)) for pattern in ("*.py", "bench/*.py", "tests/*.py")
                    for p in REPO_ROOT.glob(pattern))
-    assert "data_sources.py" in files and "tests/test_py310.py" in files
+    assert "downloads.py" in files and "tests/test_py310.py" in files
     done = run310("""
         import sys
         for name in sys.argv[1:]:
@@ -90,7 +90,7 @@ DOWNLOAD_BY_HAND = """
     import hashlib, json, sys, zipfile
     from pathlib import Path
     sys.path[:0] = [sys.argv[1], "."]  # the stand-ins first, then the repository
-    import data_sources as ds
+    import downloads as dl
 
     dest = Path(sys.argv[2])
     dest.mkdir()
@@ -100,9 +100,9 @@ DOWNLOAD_BY_HAND = """
     with zipfile.ZipFile(dest / "Flickr8k_text.zip", "w") as zf:
         zf.writestr("Flickr8k.token.txt", "a.jpg#0\\ta dog runs .\\nb.jpg#0\\ta cat sits .\\n")
     sha = hashlib.sha256((dest / "Flickr8k_Dataset.zip").read_bytes()).hexdigest()
-    counts = ds.download("flickr8k", dest, mirror="http://127.0.0.1:9", progress=False)
-    marker = json.loads(ds.done_marker(dest, "flickr8k").read_text())
-    again = ds.download("flickr8k", dest, mirror="http://127.0.0.1:9", progress=False)
+    counts = dl.download("flickr8k", dest, mirror="http://127.0.0.1:9", progress=False)
+    marker = json.loads(dl.done_marker(dest, "flickr8k").read_text())
+    again = dl.download("flickr8k", dest, mirror="http://127.0.0.1:9", progress=False)
     print(json.dumps({"counts": counts, "again": again, "sha_ok": marker["files"]["Flickr8k_Dataset.zip"]["sha256"] == sha,
                       "left": sorted(p.name for p in dest.iterdir())}))
     """
