@@ -58,12 +58,14 @@ class DownloadSpec:
     problems: object  # function(dest) -> [what keeps dest from being usable]; [] when it is usable
 
 
+def count_jpgs(folder):
+    return len([n for n in list_images(folder) if n.lower().endswith(".jpg")]) if folder.is_dir() else 0
+
+
 def flickr8k_counts(dest):
-    images = dest / FLICKR_IMAGES[0]
     tokens = dest / FLICKR_TEXT / FLICKR_TOKENS
-    n_images = sum(1 for n in list_images(images) if n.lower().endswith(".jpg")) if images.is_dir() else 0
     n_lines = sum(1 for line in tokens.read_bytes().splitlines() if line.strip()) if tokens.is_file() else 0
-    return {"images": n_images, "caption lines": n_lines}
+    return {"images": count_jpgs(dest / FLICKR_IMAGES[0]), "caption lines": n_lines}
 
 
 def flickr8k_problems(dest):
@@ -80,10 +82,6 @@ def flickr8k_problems(dest):
     if not data.captions:
         return [f"no image in {source.image_dir} has a caption in {source.inputs[0].name}"]
     return []
-
-
-def count_jpgs(folder):
-    return len([n for n in list_images(folder) if n.lower().endswith(".jpg")]) if folder.is_dir() else 0
 
 
 def coco_caption_files(dest):
