@@ -88,13 +88,16 @@ demo: venv weights $(DEMO_DATA)
 	@"$(PY)" -c "import visualize; print(visualize.demo_summary(figures=$(DEMO_SHOWN)))"
 
 # `make photos`: from nothing to captions of your own photos. Flickr8k is downloaded into DATA_ROOT unless it is
-# there already (data_sources.py download), the PRESET recipe trains into OUT_DIR/RUN (a finished run there is
+# there already (downloads.py), the PRESET recipe trains into OUT_DIR/RUN (a finished run there is
 # reused, an unfinished one continued), the val split is scored with beam 3 (its row goes on the run's
 # MODEL_CARD.md), and images/ and the PHOTOS folder are captioned: the captions printed, the figures in PHOTOS_OUT
 # (photos_<folder>.png, and attention/<folder>_<photo>.png for a model with attention).
 #   make photos PHOTOS=~/Pictures/holiday DATA_ROOT=path/to/flickr8k
+# PHOTOS names one folder, and its name may hold spaces: quote it, PHOTOS="~/Pictures/My holiday" (a leading ~/ is
+# your home folder). For several folders, run make photos once per folder: the finished run is reused, so only the
+# captioning runs again. Every path is passed whole (quoted), so DATA_ROOT, OUT_DIR and PHOTOS_OUT may hold spaces.
 # TRAIN_ARGS and EVAL_ARGS add flags to train.py and evaluate.py (the tests shrink the run with them).
-PHOTOS_DATA = $(or $(strip $(DATA_ROOT)),data/flickr8k)
+PHOTOS_DATA = $(if $(strip $(DATA_ROOT)),$(DATA_ROOT),data/flickr8k)
 PRESET ?= flickr8k-best
 RUN ?= photos-$(PRESET)
 OUT_DIR ?= runs
@@ -105,7 +108,9 @@ EVAL_ARGS ?=
 
 photos: venv weights
 	@start=$$(date +%s); run="$(OUT_DIR)/$(RUN)"; \
-	"$(PY)" data_sources.py download flickr8k --dest "$(PHOTOS_DATA)" || exit 1; \
+	photos="$(PHOTOS)"; case "$$photos" in "~/"*) photos="$$HOME/$${photos#"~/"}";; esac; \
+	set -- images; [ -z "$$photos" ] || set -- images "$$photos"; \
+	"$(PY)" downloads.py flickr8k --dest "$(PHOTOS_DATA)" || exit 1; \
 	if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$$run"; then \
 		echo "== $$run is a finished run: training skipped (delete that folder to train again)"; \
 	elif [ -f "$$run/last.pt" ]; then \
@@ -121,11 +126,11 @@ photos: venv weights
 	else \
 		"$(PY)" evaluate.py --checkpoint "$$run/best.pt" --split val --beam 3 $(EVAL_ARGS) || exit 1; \
 	fi; \
-	echo "== captions (beam 3) of images/ $(PHOTOS)"; \
-	"$(PY)" caption.py --checkpoint "$$run/best.pt" --beam 3 --num-workers 0 images $(PHOTOS) || \
+	echo "== captions (beam 3) of images/ $$photos"; \
+	"$(PY)" caption.py --checkpoint "$$run/best.pt" --beam 3 --num-workers 0 "$$@" || \
 		echo "== some pictures could not be captioned: named above"; \
 	"$(PY)" -c "import sys, visualize; [print('== figure:', p) for p in visualize.photo_figures(sys.argv[1], sys.argv[3:], sys.argv[2])]" \
-		"$$run/best.pt" "$(PHOTOS_OUT)" images $(PHOTOS) || exit 1; \
+		"$$run/best.pt" "$(PHOTOS_OUT)" "$$@" || exit 1; \
 	echo "== model card: $$run/MODEL_CARD.md"; \
 	took=$$(( $$(date +%s) - start )); \
 	printf "== make photos: done in %d min %02d s\n" $$((took / 60)) $$((took % 60))

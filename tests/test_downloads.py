@@ -1,4 +1,4 @@
-"""`python data_sources.py download`: against a local HTTP server that these tests start, serving tiny zips they
+"""`python downloads.py`: against a local HTTP server that these tests start, serving tiny zips they
 build (the real archives are never fetched). Each server binds 127.0.0.1 on a free port, answers with a socket
 timeout, and is shut down when its test ends."""
 import hashlib
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import data_sources as ds
+import downloads as dl
 from test_data_sources import make_flickr
 
 N_IMAGES, N_CAPTIONS = 10, 50  # make_flickr's defaults: 6 + 2 + 2 images, 5 captions each
@@ -114,7 +115,7 @@ def flickr_zips(tmp_path, images_in_folder=True, text_in_folder=False, macosx=Tr
 
 
 def download(dest, mirror, *extra):
-    return ds.main(["download", "flickr8k", "--dest", str(dest), "--mirror", mirror, *extra])
+    return dl.main(["flickr8k", "--dest", str(dest), "--mirror", mirror, *extra])
 
 
 def assert_flickr8k_ready(dest):
@@ -142,7 +143,7 @@ def test_download_unpacks_the_original_layout_and_a_rerun_does_nothing(tmp_path,
     assert f"{N_IMAGES} images, {N_CAPTIONS} caption lines" in out
     assert "the official Flickr8k has 8,091" in out and "the official Flickr8k has 40,460" in out  # warned
     assert "~1.1 GB" in out  # the sizes are said before downloading
-    marker = json.loads(ds.done_marker(dest, "flickr8k").read_text())
+    marker = json.loads(dl.done_marker(dest, "flickr8k").read_text())
     assert marker["counts"] == {"images": N_IMAGES, "caption lines": N_CAPTIONS}
     assert marker["files"]["Flickr8k_text.zip"]["sha256"] == hashlib.sha256(zips["Flickr8k_text.zip"]).hexdigest()
 
@@ -151,15 +152,20 @@ def test_download_unpacks_the_original_layout_and_a_rerun_does_nothing(tmp_path,
     assert "already holds Flickr8k; nothing to download" in capsys.readouterr().out
 
 
-def test_download_coco_from_a_mirror(tmp_path, serve, capsys):
+def coco_zips(tmp_path):
+    """The three COCO 2017 zips, tiny: two train images, one val image, two caption files."""
     image = (make_flickr(tmp_path / "src", 1, 0, 0)[0] / "Flicker8k_Dataset" / "img000_a1b2.jpg").read_bytes()
-    files = {"train2017.zip": zip_bytes({"train2017/000000000009.jpg": image, "train2017/000000000025.jpg": image}),
-             "val2017.zip": zip_bytes({"val2017/000000000139.jpg": image}),
-             "annotations_trainval2017.zip": zip_bytes({"annotations/captions_train2017.json": b"{}",
-                                                        "annotations/captions_val2017.json": b"{}"})}
+    return {"train2017.zip": zip_bytes({"train2017/000000000009.jpg": image, "train2017/000000000025.jpg": image}),
+            "val2017.zip": zip_bytes({"val2017/000000000139.jpg": image}),
+            "annotations_trainval2017.zip": zip_bytes({"annotations/captions_train2017.json": b"{}",
+                                                       "annotations/captions_val2017.json": b"{}"})}
+
+
+def test_download_coco_from_a_mirror(tmp_path, serve, capsys):
+    files = coco_zips(tmp_path)
     server = serve(files)
     dest = tmp_path / "coco"
-    assert ds.main(["download", "coco", "--dest", str(dest), "--mirror", server.url + "/"]) == 0
+    assert dl.main(["coco", "--dest", str(dest), "--mirror", server.url + "/"]) == 0
     out = capsys.readouterr().out
     assert "train2017.zip (~18 GB), val2017.zip (~1 GB), annotations_trainval2017.zip (~241 MB)" in out
     assert sorted(server.names()) == sorted(files)  # the mirror's base, the files' own names
@@ -184,13 +190,72 @@ def test_a_cut_download_is_never_taken_for_whole_and_a_rerun_finishes_it(tmp_pat
     assert f"the connection closed after {size // 2:,} of {size:,} bytes" in err and err.startswith("error: ")
     assert not (dest / "Flickr8k_Dataset.zip").exists()  # only the .part name holds the half file
     assert (dest / "Flickr8k_Dataset.zip.part").stat().st_size == size // 2
-    assert not (dest / "Flicker8k_Dataset").exists() and not ds.done_marker(dest, "flickr8k").exists()
+    assert not (dest / "Flicker8k_Dataset").exists() and not dl.done_marker(dest, "flickr8k").exists()
 
     assert download(dest, server.url, "--keep-zips") == 0
     assert server.requests[1] == ("Flickr8k_Dataset.zip", f"bytes={size // 2}-")  # asked for the rest
     assert (dest / "Flickr8k_Dataset.zip").read_bytes() == files["Flickr8k_Dataset.zip"]  # whole, either way
     assert not (dest / "Flickr8k_Dataset.zip.part").exists()
     assert len(list((dest / "Flicker8k_Dataset").glob("*.jpg"))) == N_IMAGES
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interrupted or failed unpacking: never taken for a finished dataset
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("leftover", ["empty-folders", "cut-caption-file"])
+def test_an_unfinished_coco_folder_is_downloaded_again(tmp_path, serve, capsys, leftover):
+    dest = tmp_path / "coco"
+    for folder in ("train2017", "val2017", "annotations"):
+        (dest / folder).mkdir(parents=True)
+    if leftover == "cut-caption-file":  # images there, but a caption file cut short
+        for name in ("train2017/000000000009.jpg", "val2017/000000000139.jpg"):
+            (dest / name).write_bytes(b"jpeg")
+        (dest / "annotations" / "captions_train2017.json").write_text('{"images": [')
+        (dest / "annotations" / "captions_val2017.json").write_text("{}")
+    server = serve(coco_zips(tmp_path))
+    assert dl.main(["coco", "--dest", str(dest), "--mirror", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to download" not in out and f"note: {dest} does not hold a whole COCO 2017" in out
+    assert len(server.requests) == 3 and dl.done_marker(dest, "coco").is_file()
+    assert (dest / "annotations" / "captions_train2017.json").read_bytes() == b"{}"  # the cut file replaced
+
+
+@pytest.mark.parametrize("leftover", ["no-images", "empty-caption-file"])
+def test_a_failed_flickr8k_unpack_whose_zips_were_deleted_is_downloaded_again(tmp_path, serve, capsys, leftover):
+    dest, _ = make_flickr(tmp_path / "flickr8k")  # what the failed unpack left, below
+    if leftover == "no-images":
+        for image in (dest / "Flicker8k_Dataset").iterdir():
+            image.unlink()
+    else:
+        (dest / "Flickr8k_text" / "Flickr8k.token.txt").write_bytes(b"")
+    server = serve(flickr_zips(tmp_path))
+    assert download(dest, server.url) == 0
+    out = capsys.readouterr().out
+    assert "nothing to download" not in out and f"note: {dest} does not hold a whole Flickr8k" in out
+    assert len(server.requests) == 2
+    assert_flickr8k_ready(dest)
+
+
+def test_an_unpack_interrupted_before_the_marker_is_done_again(tmp_path, serve, capsys, monkeypatch):
+    """Everything unpacked but the run stopped before the marker (Ctrl-C, a full disk): the folder looks whole,
+    yet the rerun unpacks again from the zips that were kept, and finishes."""
+    server = serve(flickr_zips(tmp_path))
+    dest = tmp_path / "flickr8k"
+
+    def interrupted(spec, dest):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(dl, "check_counts", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            download(dest, server.url)
+    assert dl.unpacking_marker(dest, "flickr8k").is_file() and (dest / "Flickr8k_Dataset.zip").is_file()
+    capsys.readouterr()
+    assert download(dest, server.url) == 0
+    out = capsys.readouterr().out
+    assert "did not finish last time" in out and f"unpacked {N_IMAGES:,} files of Flickr8k_Dataset.zip" in out
+    assert len(server.requests) == 2  # the kept zips were used
+    assert_flickr8k_ready(dest)  # the unpacking marker is gone, the done marker there, the zips deleted
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -206,7 +271,7 @@ def test_a_corrupt_zip_fails_clearly_and_nothing_is_unpacked(tmp_path, serve, ca
     assert err.startswith(f"error: {dest / 'Flickr8k_text.zip'} is not a readable zip archive")
     assert len(err.strip().splitlines()) == 1
     assert not (dest / "Flicker8k_Dataset").exists() and not (dest / "Flickr8k_text").exists()
-    assert not ds.done_marker(dest, "flickr8k").exists()
+    assert not dl.done_marker(dest, "flickr8k").exists()
 
 
 def test_a_zip_without_the_caption_file_is_refused_before_unpacking(tmp_path, serve, capsys):
@@ -217,7 +282,7 @@ def test_a_zip_without_the_caption_file_is_refused_before_unpacking(tmp_path, se
     assert download(dest, server.url) == 1
     err = capsys.readouterr().err
     assert "Flickr8k_text.zip holds no Flickr8k.token.txt" in err
-    assert not (dest / "Flicker8k_Dataset").exists() and not ds.done_marker(dest, "flickr8k").exists()
+    assert not (dest / "Flicker8k_Dataset").exists() and not dl.done_marker(dest, "flickr8k").exists()
 
 
 @pytest.mark.parametrize("evil", ["../escaped.txt", "Flicker8k_Dataset/../../escaped.txt", "ABSOLUTE",
@@ -244,11 +309,11 @@ def test_members_that_would_escape_dest_are_refused_and_nothing_is_written(tmp_p
 
 
 def test_member_paths():
-    assert str(ds.member_path("Flicker8k_Dataset/./a.jpg")) == "Flicker8k_Dataset/a.jpg"
-    assert str(ds.member_path("a\\b.jpg")) == "a/b.jpg"
+    assert str(dl.member_path("Flicker8k_Dataset/./a.jpg")) == "Flicker8k_Dataset/a.jpg"
+    assert str(dl.member_path("a\\b.jpg")) == "a/b.jpg"
     for bad in ("../a", "a/../../b", "/etc/passwd", "\\\\server\\share\\x", "D:\\x.jpg"):
-        with pytest.raises(ds.DownloadError, match="outside the destination"):
-            ds.member_path(bad)
+        with pytest.raises(dl.DownloadError, match="outside the destination"):
+            dl.member_path(bad)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -266,7 +331,7 @@ def test_without_a_server_the_message_names_files_urls_and_where_to_put_them(tmp
     assert f"put them in {dest}/" in err
     for name in ("Flickr8k_Dataset.zip", "Flickr8k_text.zip"):
         assert f"{name} " in err and f"{mirror}/{name}" in err
-    assert not ds.done_marker(dest, "flickr8k").exists()
+    assert not dl.done_marker(dest, "flickr8k").exists()
     # Following the message: the zips put there by hand are used, still without a server.
     for name, data in flickr_zips(tmp_path).items():
         (dest / name).write_bytes(data)
@@ -275,10 +340,10 @@ def test_without_a_server_the_message_names_files_urls_and_where_to_put_them(tmp
 
 
 def test_the_official_urls_keep_the_file_names():
-    urls = [ds.archive_url(a) for spec in ds.DOWNLOADS.values() for a in spec.archives]
+    urls = [dl.archive_url(a) for spec in dl.DOWNLOADS.values() for a in spec.archives]
     assert urls == ["https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_Dataset.zip",
                     "https://github.com/jbrownlee/Datasets/releases/download/Flickr8k/Flickr8k_text.zip",
                     "http://images.cocodataset.org/zips/train2017.zip",
                     "http://images.cocodataset.org/zips/val2017.zip",
                     "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"]
-    assert ds.archive_url(ds.DOWNLOADS["flickr8k"].archives[1], "http://m/x/") == "http://m/x/Flickr8k_text.zip"
+    assert dl.archive_url(dl.DOWNLOADS["flickr8k"].archives[1], "http://m/x/") == "http://m/x/Flickr8k_text.zip"

@@ -95,6 +95,10 @@ def test_each_stage_lives_in_its_own_module():
     assert cache <= defined["features"] and not cache & defined["train"]
     assert scorers <= defined["metrics"] and not scorers & (defined["evaluate"] | defined["train"])
     assert {"autocast", "caption_batch", "latest_checkpoint"} <= defined["model"]
+    # The downloads sit beside the readers, on the data floor, in their own module.
+    downloads = {"download", "fetch", "extract", "already_there"}
+    assert downloads <= defined["downloads"] and not downloads & defined["data_sources"]
+    assert "detect" in defined["data_sources"] and "downloads" not in import_graph()["data_sources"]
     # The model card and the captioning object sit in the library, used by the entry points and hubconf.py.
     assert {"write_card", "add_scores", "trained_on"} <= defined["model_card"]
     assert "ImageCaptioner" in defined["captioner"] and not {"ImageCaptioner", "write_card"} & defined["caption"]
