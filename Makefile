@@ -144,7 +144,7 @@ BUNDLE := models/flickr8k.pt
 
 model: venv weights
 	@[ -n "$(strip $(DATA_ROOT))" ] || { echo "error: make model needs DATA_ROOT=path/to/flickr8k;" \
-		"python data_sources.py download flickr8k --dest data/flickr8k gets it"; exit 1; }
+		"python downloads.py flickr8k --dest data/flickr8k gets it"; exit 1; }
 	@start=$$(date +%s); run="$(MODEL_RUN)"; \
 	if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$$run"; then \
 		echo "== $$run is a finished run: training skipped (delete that folder to train again)"; \
