@@ -371,11 +371,12 @@ class DecoderRNN(nn.Module):
         image = inputs[:, 0]  # (1, E)
         ids = []
         with torch.no_grad():
-            for _ in range(max_len):
+            for t in range(max_len):
                 hidden, states = self.lstm(self._with_image(inputs, image), states)  # (1, 1, H)
                 scores = self.fc(hidden.squeeze(1))  # (1, V)
                 if ids:  # step 0 predicts <start>, which the rules forbid later on
-                    scores = allowed_scores(self, scores, torch.tensor(ids[-1:], device=scores.device))
+                    previous = torch.tensor(ids[-1:], device=scores.device)
+                    scores = allowed_scores(self, scores, previous, last=t + 1 == max_len)
                 word = scores.argmax(1)  # (1,)
                 ids.append(int(word))
                 if ids[-1] == self.end_id:
@@ -567,13 +568,20 @@ def register_word_rules(decoder, banned_ids=(), no_end_after=()):
     decoder.has_word_rules = bool(len(banned_ids) or len(no_end_after))
 
 
-def allowed_scores(decoder, scores, previous):
+def allowed_scores(decoder, scores, previous, last=False):
     """scores (..., V) with what the decoder may not say next at -inf: its banned words always, and <end> right
     after a word no sentence ends on. previous (...): the token each row's next word follows (<start> first).
+    last: True (or a (...) bool tensor, per row) at the step that fills max_len, where the caption stops
+    whatever comes next: that word may not be one no sentence ends on either, so a caption cut at max_len ends
+    on a word it may end on (or on <end>), never on "a" (unless the vocabulary has no other word to say).
     The same rule for greedy, beam and sampled captions, and for their teacher-forced log-probabilities."""
     if not getattr(decoder, "has_word_rules", False):
         return scores
     forbidden = decoder.banned | (decoder.no_end_after[previous].unsqueeze(-1) & decoder.is_end)  # (..., V)
+    last = torch.as_tensor(last, device=scores.device)
+    if bool(last.any()):
+        stricter = forbidden | (last.unsqueeze(-1) & decoder.no_end_after)  # (..., V)
+        forbidden = torch.where(stricter.all(-1, keepdim=True), forbidden, stricter)  # never forbid every word
     return scores.masked_fill(forbidden, float("-inf"))
 
 
@@ -604,7 +612,9 @@ def _trim(rows, end_id):
 def greedy_search(decoder, features, max_len=20, return_attention=False):
     """The most likely word at every step. Returns (captions, log-probabilities (B,)).
 
-    A caption's log-probability counts its words and its <end>, if it ended within max_len.
+    A caption's log-probability counts its words and its <end>, if it ended within max_len. One that reaches
+    max_len without <end> is cut there, and its last word is the likeliest one a caption may end on
+    (allowed_scores' `last`): "a man on a a a ... a" cannot come out, whatever the decoder prefers.
     return_attention=True (an attention decoder) adds a third item: per caption, the weights behind each of
     its words, (words, L) float tensors on the features' device.
     """
@@ -618,7 +628,7 @@ def greedy_search(decoder, features, max_len=20, return_attention=False):
     for t in range(max_len):
         if return_attention:
             alphas.append(state_attention(state))  # (B, L): behind this step's word
-        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
+        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1], t + 1 == max_len)
         logp, word = F.log_softmax(logits, dim=-1).max(dim=-1)  # (B,), (B,)
         score += torch.where(done, 0.0, logp)
         tokens[:, t] = torch.where(done, decoder.end_id, word)
@@ -644,7 +654,8 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, 
 
     At each step every live beam proposes its words; of the best beam_size proposals, those that say <end>
     leave the search as finished hypotheses, and the best beam_size proposals that do not say <end> live on.
-    An image stops once no live beam can beat its best finished one. Hypotheses are ranked by
+    An image stops once no live beam can beat its best finished one; at max_len the live beams compete too,
+    cut there, and their last word is one a caption may end on, as in greedy_search. Hypotheses are ranked by
     log-probability / length_normaliser(length, length_penalty). beam_size=1 gives exactly greedy_search.
     The decoder state follows its beams through reorder_state, so any decoder with start / step works.
     return_attention=True adds, as greedy_search does, the weights behind each word of the winning hypotheses.
@@ -669,7 +680,7 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, 
     bound = length_normaliser(max_len, length_penalty)  # no live beam can normalise better than raw / bound
     for t in range(max_len):
         previous = history[:, -1] if t else torch.full((B * k,), decoder.start_id, dtype=torch.long, device=device)
-        logp = F.log_softmax(allowed_scores(decoder, logits.float(), previous), dim=-1)  # (B*k, V)
+        logp = F.log_softmax(allowed_scores(decoder, logits.float(), previous, t + 1 == max_len), dim=-1)  # (B*k, V)
         V = logp.size(1)
         total = (scores.view(B * k, 1) + logp).view(B, k * V)
         top, idx = total.topk(min(2 * k, k * V), dim=1)  # (B, 2k), best first
