@@ -764,15 +764,25 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked, with what was expected and what was found."""
 
 
+# What a refusal is about: the global (a class or function) that only pickled code could make, in any of the
+# wordings torch has used ("Unsupported global: GLOBAL x.Y", "Trying to load unsupported GLOBAL posix.system").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+# Sentences of torch's message that advise the unsafe load (weights_only=False, allowlisting the global): a
+# checkpoint of this project never needs it, and a file that does is not to be trusted.
+_UNSAFE_ADVICE = re.compile(r"weights_only\W*(set to|=)\W*False|arbitrary code|trusted source|safe_globals",
+                            re.IGNORECASE)
+
+
 def _load_failure(error):
-    """The gist of a torch.load error in one line. torch's weights_only message runs to many lines and suggests
-    weights_only=False, the unsafe way round; what matters is the object it refused."""
+    """The gist of a torch.load error in one line: the global a refused file wanted, else the error's first
+    sentence. torch's weights_only message runs to many lines and suggests weights_only=False, the unsafe way
+    round; no sentence that advises it is passed on, whatever torch's wording."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    refused = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    refused = _REFUSED_GLOBAL.search(text)
     if refused:
-        code = re.search(r"Unsupported global: (GLOBAL \S+)", refused.group(1))
-        return f"it holds pickled code ({code.group(1)})" if code else f"refused by weights_only: {refused.group(1)}"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"it holds pickled code (GLOBAL {refused.group(1)})"
+    sentences = (s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", text))
+    first = next((s for s in sentences if s and not _UNSAFE_ADVICE.search(s)), "no reason given")
     return f"{type(error).__name__}: {first}"
 
 
