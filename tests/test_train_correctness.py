@@ -393,6 +393,7 @@ def test_a_bad_loss_in_one_process_stops_all_before_a_checkpoint(tiny_shapes, tm
     step = 2 * per_epoch
     assert f"error: loss became nan at epoch 2, step {step};" in results[1][1]
     assert f"error: loss became NaN or infinite in another process at epoch 2, step {step};" in results[0][1]
+    assert all("process group still up at exit: False" in output for _, output in results)  # torn down, not left
     last = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and all(torch.isfinite(t).all() for t in last["decoder"].values())
     assert [r["epoch"] for r in read_metrics(tmp_path / "ddp")] == [1]
