@@ -550,7 +550,8 @@ def word_rules(vocab):
     """The decoders' word rules for a vocabulary, as model_args stores them: banned_ids, words decoding never
     says (<unk>: a caption must not contain it; <start>: only ever the first input), and no_end_after, the
     ids of NO_END_AFTER's words and of the words that rarely end a training caption (vocab.rare_endings, counted
-    when the vocabulary was built: the colours on Flickr8k) that the vocabulary has."""
+    when the vocabulary was built under vocabulary.RARE_ENDING_RULE: on Flickr8k mostly words that never end
+    one, and colours such as "red") that the vocabulary has."""
     words = set(NO_END_AFTER) | set(vocab.rare_endings or ())
     return {"banned_ids": [vocab.unk_id, vocab.start_id],
             "no_end_after": sorted(vocab.word2idx[w] for w in words if w in vocab.word2idx)}
@@ -834,7 +835,8 @@ def load_checkpoint(path, device="cpu", vocab=None):
             name = "" if isinstance(vocab, Vocabulary) else f" {vocab}"
             raise CheckpointError(f"the vocabulary{name} ({len(given)} words) does not match the checkpoint's "
                                   f"({len(own_vocab)} words, in {path}); {where}")
-    # The weights come from the checkpoint; checkpoints older than the word rules get them from their vocabulary.
+    # The rules come from the checkpoint, as it was trained and scored with them (a checkpoint counted under an
+    # older rare-endings rule keeps it); checkpoints older than the word rules get them from their vocabulary.
     args = {**word_rules(own_vocab), **ckpt["model_args"], "pretrained": False}
     if args["vocab_size"] != len(own_vocab):
         raise CheckpointError(f"checkpoint says vocab_size {args['vocab_size']} but holds {len(own_vocab)} words")
