@@ -349,8 +349,9 @@ def run_two_processes(fault, at, flags, cwd, timeout=240):
                               stdout=log.open("w"), stderr=subprocess.STDOUT) for r, log in zip((0, 1), logs)]
     try:
         codes = [p.wait(timeout=timeout) for p in procs]
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"the processes hung ({fault} in process 1 only)")
+    except subprocess.TimeoutExpired:  # where each process was: a hang, or a machine too busy to finish in time
+        tails = [log.read_text().replace("\r", "\n").strip().splitlines()[-3:] for log in logs]
+        pytest.fail(f"the processes hung ({fault} in process 1 only) or ran past {timeout} s; last lines: {tails}")
     finally:
         for p in procs:
             if p.poll() is None:
