@@ -376,7 +376,8 @@ class DecoderRNN(nn.Module):
                 scores = self.fc(hidden.squeeze(1))  # (1, V)
                 if ids:  # step 0 predicts <start>, which the rules forbid later on
                     previous = torch.tensor(ids[-1:], device=scores.device)
-                    scores = allowed_scores(self, scores, previous, last=t + 1 == max_len)
+                    scores = allowed_scores(self, scores, previous)
+                    scores = last_word_scores(self, scores) if t + 1 == max_len else scores
                 word = scores.argmax(1)  # (1,)
                 ids.append(int(word))
                 if ids[-1] == self.end_id:
@@ -569,21 +570,26 @@ def register_word_rules(decoder, banned_ids=(), no_end_after=()):
     decoder.has_word_rules = bool(len(banned_ids) or len(no_end_after))
 
 
-def allowed_scores(decoder, scores, previous, last=False):
+def allowed_scores(decoder, scores, previous):
     """scores (..., V) with what the decoder may not say next at -inf: its banned words always, and <end> right
     after a word no sentence ends on. previous (...): the token each row's next word follows (<start> first).
-    last: True (or a (...) bool tensor, per row) at the step that fills max_len, where the caption stops
-    whatever comes next: that word may not be one no sentence ends on either, so a caption cut at max_len ends
-    on a word it may end on (or on <end>), never on "a" (unless the vocabulary has no other word to say).
     The same rule for greedy, beam and sampled captions, and for their teacher-forced log-probabilities."""
     if not getattr(decoder, "has_word_rules", False):
         return scores
     forbidden = decoder.banned | (decoder.no_end_after[previous].unsqueeze(-1) & decoder.is_end)  # (..., V)
-    last = torch.as_tensor(last, device=scores.device)
-    if bool(last.any()):
-        stricter = forbidden | (last.unsqueeze(-1) & decoder.no_end_after)  # (..., V)
-        forbidden = torch.where(stricter.all(-1, keepdim=True), forbidden, stricter)  # never forbid every word
     return scores.masked_fill(forbidden, float("-inf"))
+
+
+def last_word_scores(decoder, scores):
+    """scores (..., V) at the step that fills max_len, where the caption stops whatever comes next: the words no
+    sentence ends on go to -inf too, so a caption cut at max_len ends on a word it may end on (or on <end>), never
+    on "a". The other scores stay as they are: this chooses among the words, it does not renormalise, so a
+    caption's log-probability stays the one the word rules give (as teacher forcing recomputes it). A row with
+    nothing else left is left as it was."""
+    if not getattr(decoder, "has_word_rules", False):
+        return scores
+    stricter = scores.masked_fill(decoder.no_end_after, float("-inf"))  # (..., V)
+    return torch.where((stricter == float("-inf")).all(-1, keepdim=True), scores, stricter)
 
 
 def reorder_state(decoder, state, index):
@@ -615,7 +621,7 @@ def greedy_search(decoder, features, max_len=20, return_attention=False):
 
     A caption's log-probability counts its words and its <end>, if it ended within max_len. One that reaches
     max_len without <end> is cut there, and its last word is the likeliest one a caption may end on
-    (allowed_scores' `last`): "a man on a a a ... a" cannot come out, whatever the decoder prefers.
+    (last_word_scores): "a man on a a a ... a" cannot come out, whatever the decoder prefers.
     return_attention=True (an attention decoder) adds a third item: per caption, the weights behind each of
     its words, (words, L) float tensors on the features' device.
     """
@@ -629,8 +635,9 @@ def greedy_search(decoder, features, max_len=20, return_attention=False):
     for t in range(max_len):
         if return_attention:
             alphas.append(state_attention(state))  # (B, L): behind this step's word
-        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1], t + 1 == max_len)
-        logp, word = F.log_softmax(logits, dim=-1).max(dim=-1)  # (B,), (B,)
+        logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
+        logp_all = F.log_softmax(logits, dim=-1)  # (B, V)
+        logp, word = (last_word_scores(decoder, logp_all) if t + 1 == max_len else logp_all).max(dim=-1)  # (B,)
         score += torch.where(done, 0.0, logp)
         tokens[:, t] = torch.where(done, decoder.end_id, word)
         done |= word == decoder.end_id
@@ -681,7 +688,9 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, 
     bound = length_normaliser(max_len, length_penalty)  # no live beam can normalise better than raw / bound
     for t in range(max_len):
         previous = history[:, -1] if t else torch.full((B * k,), decoder.start_id, dtype=torch.long, device=device)
-        logp = F.log_softmax(allowed_scores(decoder, logits.float(), previous, t + 1 == max_len), dim=-1)  # (B*k, V)
+        logp = F.log_softmax(allowed_scores(decoder, logits.float(), previous), dim=-1)  # (B*k, V)
+        if t + 1 == max_len:
+            logp = last_word_scores(decoder, logp)
         V = logp.size(1)
         total = (scores.view(B * k, 1) + logp).view(B, k * V)
         top, idx = total.topk(min(2 * k, k * V), dim=1)  # (B, 2k), best first
