@@ -372,11 +372,13 @@ class DecoderRNN(nn.Module):
         image = inputs[:, 0]  # (1, E)
         ids = []
         with torch.no_grad():
-            for _ in range(max_len):
+            for t in range(max_len):
                 hidden, states = self.lstm(self._with_image(inputs, image), states)  # (1, 1, H)
                 scores = self.fc(hidden.squeeze(1))  # (1, V)
                 if ids:  # step 0 predicts <start>, which the rules forbid later on
-                    scores = allowed_scores(self, scores, torch.tensor(ids[-1:], device=scores.device))
+                    previous = torch.tensor(ids[-1:], device=scores.device)
+                    scores = allowed_scores(self, scores, previous)
+                    scores = last_word_scores(self, scores) if t + 1 == max_len else scores
                 word = scores.argmax(1)  # (1,)
                 ids.append(int(word))
                 if ids[-1] == self.end_id:
@@ -550,7 +552,8 @@ def word_rules(vocab):
     """The decoders' word rules for a vocabulary, as model_args stores them: banned_ids, words decoding never
     says (<unk>: a caption must not contain it; <start>: only ever the first input), and no_end_after, the
     ids of NO_END_AFTER's words and of the words that rarely end a training caption (vocab.rare_endings, counted
-    when the vocabulary was built: the colours on Flickr8k) that the vocabulary has."""
+    when the vocabulary was built under vocabulary.RARE_ENDING_RULE: on Flickr8k mostly words that never end
+    one, and colours such as "red") that the vocabulary has."""
     words = set(NO_END_AFTER) | set(vocab.rare_endings or ())
     return {"banned_ids": [vocab.unk_id, vocab.start_id],
             "no_end_after": sorted(vocab.word2idx[w] for w in words if w in vocab.word2idx)}
@@ -576,6 +579,18 @@ def allowed_scores(decoder, scores, previous):
         return scores
     forbidden = decoder.banned | (decoder.no_end_after[previous].unsqueeze(-1) & decoder.is_end)  # (..., V)
     return scores.masked_fill(forbidden, float("-inf"))
+
+
+def last_word_scores(decoder, scores):
+    """scores (..., V) at the step that fills max_len, where the caption stops whatever comes next: the words no
+    sentence ends on go to -inf too, so a caption cut at max_len ends on a word it may end on (or on <end>), never
+    on "a". The other scores stay as they are: this chooses among the words, it does not renormalise, so a
+    caption's log-probability stays the one the word rules give (as teacher forcing recomputes it). A row with
+    nothing else left is left as it was."""
+    if not getattr(decoder, "has_word_rules", False):
+        return scores
+    stricter = scores.masked_fill(decoder.no_end_after, float("-inf"))  # (..., V)
+    return torch.where((stricter == float("-inf")).all(-1, keepdim=True), scores, stricter)
 
 
 def reorder_state(decoder, state, index):
@@ -605,7 +620,9 @@ def _trim(rows, end_id):
 def greedy_search(decoder, features, max_len=20, return_attention=False):
     """The most likely word at every step. Returns (captions, log-probabilities (B,)).
 
-    A caption's log-probability counts its words and its <end>, if it ended within max_len.
+    A caption's log-probability counts its words and its <end>, if it ended within max_len. One that reaches
+    max_len without <end> is cut there, and its last word is the likeliest one a caption may end on
+    (last_word_scores): "a man on a a a ... a" cannot come out, whatever the decoder prefers.
     return_attention=True (an attention decoder) adds a third item: per caption, the weights behind each of
     its words, (words, L) float tensors on the features' device.
     """
@@ -620,7 +637,8 @@ def greedy_search(decoder, features, max_len=20, return_attention=False):
         if return_attention:
             alphas.append(state_attention(state))  # (B, L): behind this step's word
         logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
-        logp, word = F.log_softmax(logits, dim=-1).max(dim=-1)  # (B,), (B,)
+        logp_all = F.log_softmax(logits, dim=-1)  # (B, V)
+        logp, word = (last_word_scores(decoder, logp_all) if t + 1 == max_len else logp_all).max(dim=-1)  # (B,)
         score += torch.where(done, 0.0, logp)
         tokens[:, t] = torch.where(done, decoder.end_id, word)
         done |= word == decoder.end_id
@@ -645,7 +663,8 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, 
 
     At each step every live beam proposes its words; of the best beam_size proposals, those that say <end>
     leave the search as finished hypotheses, and the best beam_size proposals that do not say <end> live on.
-    An image stops once no live beam can beat its best finished one. Hypotheses are ranked by
+    An image stops once no live beam can beat its best finished one; at max_len the live beams compete too,
+    cut there, and their last word is one a caption may end on, as in greedy_search. Hypotheses are ranked by
     log-probability / length_normaliser(length, length_penalty). beam_size=1 gives exactly greedy_search.
     The decoder state follows its beams through reorder_state, so any decoder with start / step works.
     return_attention=True adds, as greedy_search does, the weights behind each word of the winning hypotheses.
@@ -671,6 +690,8 @@ def beam_search(decoder, features, beam_size=3, max_len=20, length_penalty=0.0, 
     for t in range(max_len):
         previous = history[:, -1] if t else torch.full((B * k,), decoder.start_id, dtype=torch.long, device=device)
         logp = F.log_softmax(allowed_scores(decoder, logits.float(), previous), dim=-1)  # (B*k, V)
+        if t + 1 == max_len:
+            logp = last_word_scores(decoder, logp)
         V = logp.size(1)
         total = (scores.view(B * k, 1) + logp).view(B, k * V)
         top, idx = total.topk(min(2 * k, k * V), dim=1)  # (B, 2k), best first
@@ -754,15 +775,25 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked, with what was expected and what was found."""
 
 
+# What a refusal is about: the global (a class or function) that only pickled code could make, in any of the
+# wordings torch has used ("Unsupported global: GLOBAL x.Y", "Trying to load unsupported GLOBAL posix.system").
+_REFUSED_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+# Sentences of torch's message that advise the unsafe load (weights_only=False, allowlisting the global): a
+# checkpoint of this project never needs it, and a file that does is not to be trusted.
+_UNSAFE_ADVICE = re.compile(r"weights_only\W*(set to|=)\W*False|arbitrary code|trusted source|safe_globals",
+                            re.IGNORECASE)
+
+
 def _load_failure(error):
-    """The gist of a torch.load error in one line. torch's weights_only message runs to many lines and suggests
-    weights_only=False, the unsafe way round; what matters is the object it refused."""
+    """The gist of a torch.load error in one line: the global a refused file wanted, else the error's first
+    sentence. torch's weights_only message runs to many lines and suggests weights_only=False, the unsafe way
+    round; no sentence that advises it is passed on, whatever torch's wording."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    refused = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    refused = _REFUSED_GLOBAL.search(text)
     if refused:
-        code = re.search(r"Unsupported global: (GLOBAL \S+)", refused.group(1))
-        return f"it holds pickled code ({code.group(1)})" if code else f"refused by weights_only: {refused.group(1)}"
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        return f"it holds pickled code (GLOBAL {refused.group(1)})"
+    sentences = (s.strip() for s in re.split(r"(?<=[.!?])\s+|\n", text))
+    first = next((s for s in sentences if s and not _UNSAFE_ADVICE.search(s)), "no reason given")
     return f"{type(error).__name__}: {first}"
 
 
@@ -843,7 +874,8 @@ def load_checkpoint(path, device="cpu", vocab=None):
             name = "" if isinstance(vocab, Vocabulary) else f" {vocab}"
             raise CheckpointError(f"the vocabulary{name} ({len(given)} words) does not match the checkpoint's "
                                   f"({len(own_vocab)} words, in {path}); {where}")
-    # The weights come from the checkpoint; checkpoints older than the word rules get them from their vocabulary.
+    # The rules come from the checkpoint, as it was trained and scored with them (a checkpoint counted under an
+    # older rare-endings rule keeps it); checkpoints older than the word rules get them from their vocabulary.
     # A bundled model (bundle.py) leaves out the CNN's own ImageNet weights: they come from torchvision.
     backbone = ckpt.get("backbone")
     args = {**word_rules(own_vocab), **ckpt["model_args"], "pretrained": backbone["weights"] if backbone else False}

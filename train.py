@@ -770,6 +770,19 @@ def train(cfg):
         cfg, init = init_config(cfg)
     check_settings(cfg)  # before any folder, data, cache or process group
     rank, world_size, device = setup_distributed(cfg)
+    try:
+        return train_in_process(cfg, ckpt, init, rank, world_size, device, started)
+    finally:
+        # On success and on every error alike. A process group left for the interpreter's exit to tear down can
+        # abort the process (gloo: "terminate called without an active exception", exit code -6) after the
+        # error was reported, when the other process has already closed its side.
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def train_in_process(cfg, ckpt, init, rank, world_size, device, started):
+    """train(cfg) in this process, once its process group (if any) is up; ckpt / init: the checkpoint that
+    cfg.resume / cfg.init_from named, started: time.time() when train began."""
     set_seed(cfg.seed)
     if rank == 0:
         ensure_data(cfg)
@@ -862,8 +875,6 @@ def train(cfg):
         barrier(world_size)
     if rank == 0:
         model_card.finish_training(run_dir, time.time() - started, device)
-    if world_size > 1:
-        dist.destroy_process_group()
     return run_dir if rank == 0 else None
 
 

@@ -24,10 +24,15 @@ from nltk.tokenize import word_tokenize
 START, END, UNK = "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (START, END, UNK)
 FORMAT = "show-and-tell-vocabulary/1"
-# A word that ends fewer than this share of the training captions it occurs in is not one a sentence ends on:
-# "a", "of", and on Flickr8k the colours too ("red" ends 0.8% of its captions, "grass" 68%). Decoding never puts
-# <end> after such a word (model.word_rules).
+# A word that ends under RARE_ENDING_SHARE of the training captions it occurs in, and fewer than RARE_ENDING_COUNT
+# of them, is one captions rarely end on: decoding never puts <end> after it (model.word_rules). On Flickr8k's
+# training split that is 1,044 of its 2,536 words: 960 that never end a caption, "a", "of", and colours such as
+# "red" (16 endings, 0.8% of its captions) and "black" (19). The count spares the few words people do end on that
+# are too frequent for the share: "man" ends only 0.9% of its captions but 51 of them; so do woman, girl, blue,
+# playing, boy and white (20 to 46 endings). Both rules score the same (docs/results.md, bench/word_rules.py).
 RARE_ENDING_SHARE = 0.02
+RARE_ENDING_COUNT = 20
+RARE_ENDING_RULE = {"share": RARE_ENDING_SHARE, "fewer_than": RARE_ENDING_COUNT}  # saved beside the words counted
 TOKENS_FORMAT = "show-and-tell-tokens/1"
 TOKENIZER_VERSION = 1  # raise it whenever tokenize() changes: cached tokens of the old rule are then rebuilt
 _HAS_WORD_CHAR = re.compile(r"\w")
@@ -76,15 +81,16 @@ class Vocabulary:
 
     start_word, end_word, unk_word = START, END, UNK
 
-    def __init__(self, words, threshold=1, sources=(), rare_endings=None):
+    def __init__(self, words, threshold=1, sources=(), rare_endings=None, rare_endings_rule=None):
         self.idx2word = list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS]
         self.word2idx = {w: i for i, w in enumerate(self.idx2word)}
         if len(self.word2idx) != len(self.idx2word):
             raise ValueError("vocabulary words must be unique")
         self.threshold = threshold
         self.sources = list(sources)  # [{"name": ..., "sha256": ...}], what the words were counted from
-        # Words that end under RARE_ENDING_SHARE of the training captions they occur in; None: not counted.
+        # The words that rarely end a training caption (function rare_endings); None: not counted.
         self.rare_endings = None if rare_endings is None else [w for w in rare_endings if w in self.word2idx]
+        self.rare_endings_rule = rare_endings_rule  # the rule that counted them, RARE_ENDING_RULE when built
         self.start_id, self.end_id, self.unk_id = (self.word2idx[w] for w in SPECIAL_TOKENS)
 
     # ---- building, saving, loading -------------------------------------------------------------
@@ -102,8 +108,7 @@ class Vocabulary:
                 endings.update(tokens[caption][-1:])
         # Sort by frequency, then alphabetically, so the same captions always give the same ids.
         words = sorted((w for w, c in counts.items() if c >= threshold), key=lambda w: (-counts[w], w))
-        rare = [w for w in words if endings[w] < RARE_ENDING_SHARE * counts[w]]
-        return cls(words, threshold, describe_sources(files), rare)
+        return cls(words, threshold, describe_sources(files), rare_endings(words, counts, endings), RARE_ENDING_RULE)
 
     def save(self, path):
         """Write the vocabulary as JSON, atomically: a crash never leaves a half-written file."""
@@ -115,7 +120,9 @@ class Vocabulary:
 
     def to_dict(self):
         d = {"format": FORMAT, "threshold": self.threshold, "sources": self.sources, "idx2word": self.idx2word}
-        return d if self.rare_endings is None else {**d, "rare_endings": self.rare_endings}
+        if self.rare_endings is None:
+            return d
+        return {**d, "rare_endings": self.rare_endings, "rare_endings_rule": self.rare_endings_rule}
 
     @classmethod
     def from_dict(cls, d):
@@ -123,7 +130,8 @@ class Vocabulary:
             raise ValueError(f"not a vocabulary saved by this project (expected format {FORMAT!r})")
         if tuple(d["idx2word"][: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
             raise ValueError(f"vocabulary must start with the special tokens {SPECIAL_TOKENS}")
-        return cls(d["idx2word"], d.get("threshold", 1), d.get("sources", []), d.get("rare_endings"))
+        return cls(d["idx2word"], d.get("threshold", 1), d.get("sources", []), d.get("rare_endings"),
+                   d.get("rare_endings_rule"))
 
     @classmethod
     def load(cls, path):
@@ -140,9 +148,10 @@ class Vocabulary:
     def matches(self, annotations_files, threshold):
         """True when this vocabulary was built from exactly these files' contents with this threshold."""
         want = [s["sha256"] for s in describe_sources(_as_list(annotations_files))]
-        # A file saved before endings were counted is built again (the same words and ids, plus the endings).
+        # A file saved before endings were counted, or counted under another rule, is built again: the same
+        # words and ids, and the endings of today's rule.
         return self.threshold == threshold and [s.get("sha256") for s in self.sources] == want and \
-            self.rare_endings is not None
+            self.rare_endings is not None and self.rare_endings_rule == RARE_ENDING_RULE
 
     # ---- using it ------------------------------------------------------------------------------
     def __call__(self, word):
@@ -171,6 +180,13 @@ class Vocabulary:
 
     def __repr__(self):
         return f"Vocabulary({len(self)} words, threshold={self.threshold})"
+
+
+def rare_endings(words, counts, endings, share=RARE_ENDING_SHARE, fewer_than=RARE_ENDING_COUNT):
+    """The words of `words` that rarely end a training caption: those that end under `share` of the captions
+    they occur in (counts: occurrences, endings: captions ended, per word) and fewer than `fewer_than` of
+    them (None: any number)."""
+    return [w for w in words if endings[w] < share * counts[w] and (fewer_than is None or endings[w] < fewer_than)]
 
 
 def describe_sources(files):

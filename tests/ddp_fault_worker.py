@@ -36,7 +36,10 @@ def main():
     if os.environ["RANK"] == "1" and fault == "nan":  # training steps only: validation runs without gradients
         train.caption_loss = nth_call(train.caption_loss, n, lambda loss, *args: loss * float("nan"),
                                       counts=lambda *args: torch.is_grad_enabled())
-    return train.main(argv)
+    code = train.main(argv)
+    # A process group left for the interpreter's exit can abort the process after the error was reported.
+    print(f"process group still up at exit: {torch.distributed.is_initialized()}")
+    return code
 
 
 if __name__ == "__main__":

@@ -1,5 +1,9 @@
 """The captioning object: torch.hub.load(repo, "captioner", source="local") on checkpoints these tests train, and
 caption.py, which uses the same object."""
+import ast
+import subprocess
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -88,3 +92,48 @@ def test_caption_cli_says_what_the_model_was_trained_on(lstm_checkpoint, capsys)
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [f"{PHOTOS[0]}\t{reference(lstm_checkpoint, PHOTOS[:1], 1)[0]}"]
     assert f"{lstm_checkpoint}: trained on the built-in shapes set (64 train images)" in captured.err
+
+
+def test_hub_works_beside_a_session_module_of_the_same_name(lstm_checkpoint, tmp_path):
+    """A session that imported a `model` of its own (and a `vocabulary`) still gets the captioner, and keeps
+    its own modules under their names afterwards. In a fresh interpreter, so that nothing here is imported."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "model.py").write_text("WHO = 'the user'\n")
+    (tmp_path / "mine" / "vocabulary.py").write_text("WHO = 'the user too'\n")
+    script = f"""
+import sys
+sys.path.insert(0, {str(tmp_path / "mine")!r})
+import model, vocabulary
+import torch
+captioner = torch.hub.load({str(REPO_ROOT)!r}, "captioner", source="local", checkpoint={str(lstm_checkpoint)!r})
+print(repr(captioner({str(PHOTOS[0])!r})))
+print(sys.modules["model"] is model, sys.modules["vocabulary"] is vocabulary, model.WHO)
+"""
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines() == [repr(reference(lstm_checkpoint, PHOTOS[:1], 1)[0]), "True True the user"]
+
+
+def third_party_imports(module_name, seen=None):
+    """The top-level packages a repository module imports when it loads (module-level imports, followed through
+    the repository's own modules)."""
+    seen = set() if seen is None else seen
+    seen.add(module_name)
+    found = set()
+    for node in ast.parse((REPO_ROOT / f"{module_name}.py").read_text()).body:
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+        for top in (n.split(".")[0] for n in names):
+            if (REPO_ROOT / f"{top}.py").is_file():
+                found |= set() if top in seen else third_party_imports(top, seen)
+            elif top not in sys.stdlib_module_names:
+                found.add(top)
+    return found
+
+
+def test_hub_dependencies_name_every_package_the_captioner_loads():
+    import hubconf
+
+    needed = third_party_imports("captioner")
+    assert {"torch", "numpy", "nltk", "pycocotools"} <= needed  # the walk itself works
+    assert needed <= set(hubconf.dependencies), f"hubconf.dependencies lacks {needed - set(hubconf.dependencies)}"

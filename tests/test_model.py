@@ -4,6 +4,7 @@ Everything is tiny (random-weight resnet18 / mobilenet_v2 at 32-64 px, LSTMs of 
 """
 import hashlib
 import inspect
+import os
 import random
 from pathlib import Path
 
@@ -731,3 +732,64 @@ def test_old_checkpoints_get_the_rules_from_their_vocabulary(tmp_path):
 def test_word_rules_add_the_words_the_training_captions_rarely_end_on():
     vocab = Vocabulary(RULE_WORDS, rare_endings=["dog", "runs", "zebra"])  # zebra: not in the vocabulary
     assert model.word_rules(vocab)["no_end_after"] == sorted(vocab(w) for w in ("a", "on", "the", "dog", "runs"))
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam 3", "udacity sample"])
+def test_a_caption_cut_at_max_len_still_ends_on_a_word_it_may_end_on(search):
+    """After "a" the likeliest word is <end>, which the rules forbid, then "a" again: unchecked, decoding says
+    "a a a ... a" until max_len. Its last word must still be one a caption may end on: here "dog"."""
+    vocab = Vocabulary(RULE_WORDS)
+    decoder = BigramDecoder(vocab, {("<start>", "a"): 0.0, ("a", "<end>"): 0.0, ("a", "a"): -1.0,
+                                    ("a", "dog"): -10.0, ("dog", "<end>"): 0.0})
+    feats = torch.zeros(2, E)
+    if search == "udacity sample":  # the seed's sample: an LSTM decoder whose every step says what the table says
+        lstm = DecoderRNN(E, H, len(vocab), **model.word_rules(vocab))
+        with torch.no_grad():
+            lstm.fc.weight.zero_()
+            lstm.fc.bias.copy_(decoder.table[vocab("a")])  # the scores that follow "a", at every step
+            lstm.fc.bias[vocab("a")] = 0.5  # ... except that the first step says "a" (its <start> guess)
+        ids = lstm.sample(feats[:1], max_len=MAX_LEN)
+        captions = [ids[1:-1] if ids[-1] == vocab.end_id else ids[1:]]
+    elif search == "greedy":
+        captions, _ = greedy_search(decoder, feats, MAX_LEN)
+    else:
+        captions, _ = beam_search(decoder, feats, 3, MAX_LEN)
+    no_end = set(model.word_rules(vocab)["no_end_after"])
+    assert all(c and c[-1] not in no_end for c in captions), [vocab.decode(c) for c in captions]
+    if search == "greedy":  # the best the rules allow: every word as before but the last
+        assert [vocab.decode(c) for c in captions] == [" ".join(["a"] * (MAX_LEN - 1) + ["dog"])] * 2
+
+
+class Payload:
+    """Unpickling this runs its __reduce__'s call, os.system: it would create the file it names."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
+@pytest.mark.parametrize("content", ["payload", "custom"])
+def test_a_refused_checkpoint_names_the_global_and_never_advises_the_unsafe_load(tmp_path, content):
+    """torch's own message advises loading with weights_only=False (code execution); ours must not pass that on,
+    whatever torch's wording, and must name what the file wanted to load."""
+    ran = tmp_path / "the payload ran"
+    obj, name = (Payload(ran), f"{os.system.__module__}.system") if content == "payload" else (Custom(), "Custom")
+    torch.save({"format": model.CHECKPOINT_FORMAT, "obj": obj}, tmp_path / "x.pt")
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tmp_path / "x.pt")
+    message = str(e.value)
+    assert not ran.exists()
+    assert name in message and "pickled code" in message and len(message.splitlines()) == 1
+    assert "False" not in message and "trusted source" not in message and "Re-running" not in message
+
+
+def test_the_refusal_drops_the_unsafe_advice_in_any_wording():
+    import pickle
+
+    error = pickle.UnpicklingError("Re-running `torch.load` with `weights_only` set to `False` will likely succeed."
+                                   "\nUnsupported opcode 0x93.")
+    assert model._load_failure(error) == "UnpicklingError: Unsupported opcode 0x93."
+    error = RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory")
+    assert model._load_failure(error) == f"RuntimeError: {error}"

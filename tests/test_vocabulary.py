@@ -307,3 +307,16 @@ def test_rare_endings_are_the_words_captions_almost_never_end_on(tmp_path):
     old = {k: v for k, v in vocab.to_dict().items() if k != "rare_endings"}  # a file from before the count
     assert Vocabulary.from_dict(old).rare_endings is None and not Vocabulary.from_dict(old).matches(path, 1)
     assert vocab.matches(path, 1)
+
+
+def test_a_word_that_ends_many_training_captions_may_end_one_even_at_a_small_share(tmp_path):
+    """"man" ends 21 of the 1,231 captions it is in (1.7%), "red" 10 of 1,231: both under 2%, but 21 endings are
+    enough to show that captions do end on "man". The rule, and a file counted under another rule, rebuilt."""
+    assert V.RARE_ENDING_SHARE == 0.02 and V.RARE_ENDING_COUNT == 20
+    captions = ["a man on red grass"] * 1200 + ["a red shirt on a man"] * 21 + ["a man in red"] * 10
+    path = write_captions(tmp_path / "captions.json", captions)
+    vocab = Vocabulary.build(path, threshold=1)
+    assert set(vocab.rare_endings) == {"a", "on", "red", "shirt", "in"}  # not "man", nor "grass"
+    assert vocab.matches(path, 1) and Vocabulary.from_dict(vocab.to_dict()).matches(path, 1)
+    older = {**vocab.to_dict(), "rare_endings_rule": {"share": 0.02, "fewer_than": None}}
+    assert not Vocabulary.from_dict(older).matches(path, 1)  # built again, with the same words and ids
