@@ -36,9 +36,10 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit (about 9500 x 9500): bigger ima
 # decodes in a fraction of the time and memory, and no dataset image (Flickr8k, COCO: 640 px at most) changes.
 DRAFT_SIDE = 1024
 MAX_JPEG_PIXELS = 4 * MAX_IMAGE_PIXELS  # about 21,900 x 16,400: any phone or camera photo; beyond, refused unread
-# Dataset images are read as stored, their EXIF orientation tag ignored: COCO's captions and boxes were made on the
-# stored pixels, and pycocotools, torchvision's CocoCaptions and most captioning code read them so. Your own
-# photos are turned upright, as an image viewer shows them. docs/data.md says why; the feature cache key holds it.
+# Dataset images are read as stored, their EXIF orientation tag ignored: COCO's boxes are in the stored pixels'
+# coordinates, and pycocotools, torchvision's CocoCaptions and most captioning code read the stored pixels. Your
+# own photos are turned upright, as an image viewer shows them. docs/data.md says why; the feature cache key
+# holds the choice.
 DATASET_UPRIGHT = False
 HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 MAX_CAPTION_WORDS = 60  # longer "captions" are broken annotations; COCO's longest real one has 49 words
