@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision import transforms
@@ -30,7 +30,18 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_IMAGE_SIZE = 224
 TRAIN_RESIZE_RATIO = 8 / 7  # resize to 256 then crop 224, the usual ImageNet training recipe
-MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit (about 9500 x 9500): bigger files are refused, not decoded
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's own limit (about 9500 x 9500): bigger images are refused, not decoded
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale (PIL's draft mode: libjpeg skips the detail) while their shorter side
+# stays at least DRAFT_SIDE: far more than the model's input (224 px), so a phone photo of 12 to 200 megapixels
+# decodes in a fraction of the time and memory, and no dataset image (Flickr8k, COCO: 640 px at most) changes.
+DRAFT_SIDE = 1024
+MAX_JPEG_PIXELS = 4 * MAX_IMAGE_PIXELS  # about 21,900 x 16,400: any phone or camera photo; beyond, refused unread
+# Dataset images are read as stored, their EXIF orientation tag ignored: COCO's boxes are in the stored pixels'
+# coordinates, and pycocotools, torchvision's CocoCaptions and most captioning code read the stored pixels. Your
+# own photos are turned upright, as an image viewer shows them. docs/data.md says why; the feature cache key
+# holds the choice.
+DATASET_UPRIGHT = False
+HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1")
 MAX_CAPTION_WORDS = 60  # longer "captions" are broken annotations; COCO's longest real one has 49 words
 YEARS = ("2017", "2014")
 
@@ -58,8 +69,10 @@ class ImageLoadError(ValueError):
 def open_image(path):
     """PIL's Image.open with this project's checks: the file exists, and it is not a decompression bomb.
 
-    Any failure inside the block, opening or decoding, becomes an ImageLoadError with a reason: 'missing',
-    'unreadable' (also truncated files) or 'too large'.
+    A large JPEG is set to decode at reduced scale (jpeg_draft), and the pixel limit applies to what will be
+    decoded: a 12000 x 9000 phone photo opens at 1500 x 1125. HEIC/HEIF photos open when the optional
+    pillow-heif package is installed. Any failure inside the block, opening or decoding, becomes an
+    ImageLoadError with a reason: 'missing', 'unreadable' (also truncated files) or 'too large'.
     """
     path = Path(path)
     if not path.is_file():
@@ -67,7 +80,7 @@ def open_image(path):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_any(path) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise ImageLoadError(path, "too large", f"{img.width}x{img.height} pixels")
                 yield img
@@ -79,18 +92,61 @@ def open_image(path):
         raise ImageLoadError(path, "unreadable", str(e) or type(e).__name__) from None
 
 
-def load_image(path):
+def open_any(path):
+    """An unloaded PIL image of the file. JPEGs bypass Image.open, whose bomb check looks at the full size:
+    they open with a draft scale set, and open_image checks the size they will decode at."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if head[:3] == b"\xff\xd8\xff":
+        img = JpegImagePlugin.JpegImageFile(path)
+        try:
+            return jpeg_draft(img, path)
+        except BaseException:
+            img.close()
+            raise
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        register_heif_opener(path)
+    return Image.open(path)
+
+
+def jpeg_draft(img, path):
+    """Set a JPEG to decode at the smallest scale (1, 1/2, 1/4, 1/8) that keeps its shorter side at least
+    DRAFT_SIDE. A header above MAX_JPEG_PIXELS is refused before any pixel is decoded."""
+    if img.width * img.height > MAX_JPEG_PIXELS:
+        raise ImageLoadError(path, "too large", f"{img.width}x{img.height} pixels; JPEGs above "
+                             f"{MAX_JPEG_PIXELS:,} pixels are refused")
+    if min(img.size) >= 2 * DRAFT_SIDE:
+        img.draft(img.mode, (DRAFT_SIDE, DRAFT_SIDE))  # e.g. (12000, 9000) -> (1500, 1125)
+    return img
+
+
+def register_heif_opener(path):
+    """Teach PIL to open HEIC/HEIF files (iPhones' default format) with pillow-heif, which this project does not
+    require: imported on the first such file, so that everyone else never loads it."""
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageLoadError(path, "unreadable", "a HEIC/HEIF photo; to read it: pip install pillow-heif") from None
+    pillow_heif.register_heif_opener()  # idempotent
+
+
+def load_image(path, upright=True):
     """Open any image PIL reads as 8-bit RGB: grayscale, CMYK, palette, 16-bit and RGBA (over white).
 
-    Raises ImageLoadError for a missing file, an unreadable or truncated one, and a decompression bomb.
+    upright: turn the pixels as the file's EXIF orientation tag says, as image viewers do (phone photos are
+    stored sideways with such a tag); False for dataset images (DATASET_UPRIGHT). Large JPEGs decode at
+    reduced scale (open_image). Raises ImageLoadError for a missing file, an unreadable or truncated one, and a
+    decompression bomb.
     """
     with open_image(path) as img:
         img.load()
-        return to_rgb(img)
+        return to_rgb(img, upright)
 
 
-def to_rgb(img):
-    """Convert a decoded PIL image of any mode to 8-bit RGB."""
+def to_rgb(img, upright=True):
+    """Convert a decoded PIL image of any mode to 8-bit RGB; upright: first apply its EXIF orientation."""
+    if upright:
+        img = exif_upright(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit and 32-bit grey: scale to 0..255 ourselves, PIL's convert would clip to white.
         a = np.asarray(img, dtype=np.float64)
@@ -101,6 +157,17 @@ def to_rgb(img):
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def exif_upright(img):
+    """The image as a viewer shows it: rotated or flipped as its EXIF orientation tag (1-8) says.
+
+    A broken EXIF block leaves the pixels as stored, as viewers do, rather than losing the photo.
+    """
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # PIL's EXIF parser raises many kinds (SyntaxError, struct.error, ...) on malformed tags
+        return img
 
 
 def check_image_header(path):
@@ -415,7 +482,7 @@ class CocoCaptionDataset(Dataset):
         """(image, caption); None when the image passed the header check but cannot be decoded (a truncated
         file, say): collate_skipping drops it with a warning naming the file, or strict mode raises."""
         try:
-            image = load_image(self.image_files[self.caption_image[index]])
+            image = load_image(self.image_files[self.caption_image[index]], upright=DATASET_UPRIGHT)
         except ImageLoadError as e:
             if self.strict:
                 raise
@@ -438,18 +505,19 @@ class ImageListDataset(Dataset):
     """Images from a list of paths, for the feature cache and for captioning: (tensor, index, ok).
 
     A file that cannot be read yields a zero image and ok=False rather than an exception, so that one bad
-    file neither kills a long pass nor hides: the caller counts and names it.
+    file neither kills a long pass nor hides: the caller counts and names it. upright: as in load_image;
+    the default is for your photos, the feature cache passes DATASET_UPRIGHT.
     """
 
-    def __init__(self, paths, transform):
-        self.paths, self.transform = [Path(p) for p in paths], transform
+    def __init__(self, paths, transform, upright=True):
+        self.paths, self.transform, self.upright = [Path(p) for p in paths], transform, upright
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, index):
         try:
-            return self.transform(load_image(self.paths[index])), index, ""
+            return self.transform(load_image(self.paths[index], self.upright)), index, ""
         except ImageLoadError as e:
             return None, index, e.reason
 

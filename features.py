@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from torchvision.io import ImageReadMode, decode_jpeg
 from tqdm.auto import tqdm
 
-from data_loader import (MAX_IMAGE_PIXELS, ImageListDataset, ImageLoadError, collate_images, get_transform,
-                         jpeg_header, load_image, tensor_eval_transform)
+from data_loader import (DATASET_UPRIGHT, MAX_IMAGE_PIXELS, ImageListDataset, ImageLoadError, collate_images,
+                         get_transform, jpeg_header, load_image, tensor_eval_transform)
 from model import autocast
 
 DECODERS = ("auto", "pil", "torch")
@@ -68,7 +68,7 @@ def compute_features(encoder, files, image_size, device, batch_size=None, num_wo
     if decode == "torch":
         batches = torch_decoded_batches(files, image_size, device, batch_size, num_workers)
     else:
-        dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size))
+        dataset = ImageListDataset(files, get_transform(train=False, image_size=image_size), upright=DATASET_UPRIGHT)
         batches = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_images)
     shape = encoder.feature_shape(image_size)  # (D,) pooled, or (C, h, w) for local features
     features = host_buffer((len(files), *shape), device)  # (N, D) or (N, C, h, w) float16, zeros
@@ -144,7 +144,7 @@ def read_for_decode(path, image_size):
 def pil_eval_item(path, image_size):
     """('image', get_transform(train=False)(load_image(path))) or ('failed', reason): the PIL fallback."""
     try:
-        return "image", get_transform(train=False, image_size=image_size)(load_image(path))
+        return "image", get_transform(train=False, image_size=image_size)(load_image(path, DATASET_UPRIGHT))
     except ImageLoadError as e:
         return "failed", e.reason
 
@@ -221,8 +221,9 @@ def backbone_digest(encoder):
     return digest
 
 
-def cache_key(model_args, files, weights):
-    """What the cached features depend on: backbone and its blocks, its weights, image size, pooling, files.
+def cache_key(model_args, files, weights, upright=DATASET_UPRIGHT):
+    """What the cached features depend on: backbone and its blocks, its weights, image size, pooling, files,
+    and whether the images were turned upright by their EXIF orientation (upright, data_loader.DATASET_UPRIGHT).
 
     model_args: the dict a checkpoint stores (TrainConfig.model_args); the keys read here are backbone,
     image_size, grid, backbone_blocks, and whether maps are kept (keeps_maps: local_hidden or the attention
@@ -231,7 +232,8 @@ def cache_key(model_args, files, weights):
     files: each file's folder and name, size and modification time, so a file replaced in place (same name and
     size) rebuilds the cache.
     Not the decoding pipeline (PIL or torch/nvJPEG), nor the device or precision: a cache built one way is
-    reused the other. Measured on the CPU (tests/test_features.py), the two pipelines' features differ less
+    reused the other. (Neither path turns images by their EXIF orientation: nvJPEG cannot, so DATASET_UPRIGHT
+    stays False unless the torch path learns to.) Measured on the CPU (tests/test_features.py), the two pipelines' features differ less
     than those of an image and itself plus invisible noise (half an 8-bit level): 1 - cosine 2e-7 for
     ResNet-50 at 224 px, 3e-4 at worst for MobileNetV2 at 64 px. bench/gpu.py reports the GPU's figure
     (features_min_cosine_torch_vs_pil); should nvJPEG ever differ materially, add the pipeline here.
@@ -240,7 +242,8 @@ def cache_key(model_args, files, weights):
     blob = json.dumps({"backbone": a["backbone"], "weights": weights, "image_size": a["image_size"],
                        "grid": a.get("grid", 1), "files": [describe_file(f) for f in files], "version": 2,
                        **({"blocks": a["backbone_blocks"]} if a.get("backbone_blocks") else {}),
-                       **({"maps": True} if keeps_maps(a) else {})})
+                       **({"maps": True} if keeps_maps(a) else {}),
+                       **({"upright": True} if upright else {})})  # as stored: the key caches had before
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

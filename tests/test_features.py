@@ -131,9 +131,9 @@ def test_torch_decoding_gives_pil_features_and_the_same_failures(mixed_files, en
     through_pil = []
     real_load_image = features_mod.load_image
 
-    def counting_load_image(path):
+    def counting_load_image(path, *args, **kwargs):
         through_pil.append(path.name if hasattr(path, "name") else str(path))
-        return real_load_image(path)
+        return real_load_image(path, *args, **kwargs)
 
     pil, pil_ok, pil_failures = features_mod.compute_features(encoder, mixed_files, 64, "cpu", batch_size=4,
                                                            num_workers=0, decode="pil")

@@ -276,7 +276,7 @@ def test_evaluate_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
 
 def test_help_shows_every_default(capsys):
     for module, expected in ((evaluate, ["(default: None)", "(default: 1)", "(default: 256)", "(default: auto)"]),
-                             (caption, ["(default: 1)", "(default: 32)", "(default: runs)", "IMAGE_OR_FOLDER"])):
+                             (caption, ["(default: 1)", "(default: 32)", "--latest", "--out FILE", "IMAGE_OR_FOLDER"])):
         with pytest.raises(SystemExit) as exit_:
             module.parse_args(["--help"])
         assert exit_.value.code == 0
@@ -362,12 +362,41 @@ def test_caption_cli_user_errors_are_one_line(checkpoint, tmp_path, capsys):
               f"error: checkpoint not found: {tmp_path / 'none.pt'}; train one with `python train.py` first"),
              (["--checkpoint", str(checkpoint), str(tmp_path / "empty")],
               f"error: {tmp_path / 'empty'} holds no image files"),
-             (["--runs-dir", str(tmp_path / "runs"), str(REPO_ROOT / "images")], "error: no run under")]
+             (["--runs-dir", str(tmp_path / "runs"), str(REPO_ROOT / "images")], "error: no run under"),
+             (["--checkpoint", str(checkpoint), "--latest", str(REPO_ROOT / "images")],
+              "error: give --checkpoint, or --latest / --runs-dir, not both")]
     for argv, start in cases:
         assert caption.main(argv) == 1
         captured = capsys.readouterr()
         assert captured.out == "" and len(captured.err.strip().splitlines()) == 1, captured.err
         assert captured.err.startswith(start), captured.err
+
+
+def test_phone_photos_are_captioned_as_a_viewer_shows_them(checkpoint, tiny_test_split, tmp_path, capsys):
+    """Shapes pictures stored sideways with EXIF orientation 6 (as phones store them) get the captions of the
+    upright pictures, through caption.py and ImageCaptioner; a 12000 x 9000 JPEG is captioned, not refused."""
+    from captioner import ImageCaptioner
+
+    folder, raw = tmp_path / "phone", tmp_path / "raw"
+    folder.mkdir(), raw.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to show"
+    for i, path in enumerate(tiny_test_split[3].image_files[:8]):
+        upright = load_image(path)
+        upright.save(folder / f"{i}-upright.png")
+        upright.transpose(Image.Transpose.ROTATE_90).save(folder / f"{i}-sideways.png", exif=exif)
+        upright.transpose(Image.Transpose.ROTATE_90).save(raw / f"{i}-sideways.png")  # the same, untagged
+    Image.new("L", (12000, 9000), 90).save(folder / "huge.jpg", quality=80)  # 108 megapixels: PIL's limit is 89
+    assert caption.main(["--checkpoint", str(checkpoint), "--num-workers", "0", str(folder), str(raw)]) == 0
+    captions = {Path(p).parent.name + "/" + Path(p).name: c
+                for p, c in (line.split("\t") for line in capsys.readouterr().out.splitlines())}
+    assert captions["phone/huge.jpg"]
+    for i in range(8):
+        assert captions[f"phone/{i}-sideways.png"] == captions[f"phone/{i}-upright.png"], i
+    # The check has teeth: read as stored, the turned pictures get other captions.
+    assert sum(captions[f"raw/{i}-sideways.png"] != captions[f"phone/{i}-upright.png"] for i in range(8)) >= 2
+    model = ImageCaptioner(checkpoint, max_len=MAX_LEN)
+    assert model(Image.open(folder / "0-sideways.png")) == model(str(folder / "0-upright.png"))
 
 
 def test_sample_images_are_small_photos():
