@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -271,29 +272,78 @@ def cache_path(model_args, cache_dir, key):
     return Path(cache_dir) / f"{a['backbone']}{blocks}-{a['image_size']}px-{layout}-{key[:16]}.pt"
 
 
+CHUNK_IMAGES = 4096  # images per finished piece of a cache being built: a kill loses at most this much work
+
+
 def cached_features(encoder, files, model_args, cache_dir, device, num_workers=2, desc="CNN features",
-                    weights=None):
+                    weights=None, chunk=CHUNK_IMAGES):
     """compute_features, stored under cache_dir and reused while the key matches.
 
     The key holds the hash of the weights in `encoder`'s backbone (weights: that digest, when the caller has
     it already). The file is written to a temporary name and renamed when complete, so an interrupted build
     is never mistaken for a cache; an unreadable or mismatching file is rebuilt.
+    A build goes `chunk` images at a time, each finished piece saved beside the cache (cache_pieces), so a
+    build killed in the middle resumes where it stopped: on a laptop's CPU COCO's cache takes hours.
+    A cache is loaded memory-mapped: its pages are the file's, which the system can drop and read again
+    under memory pressure instead of holding a private copy (the attention decoder's COCO maps are ~25 GB).
     """
     key = cache_key(model_args, files, weights if weights is not None else backbone_digest(encoder))
     path = cache_path(model_args, cache_dir, key)
     if path.exists():
         try:
-            c = torch.load(path, map_location="cpu", weights_only=True)
+            c = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
             if c.get("key") == key and c["features"].shape[0] == len(files):
                 return c["features"], c["ok"], c["failures"]
             print(f"feature cache {path} does not match its inputs; rebuilding it")
         except Exception as e:
             print(f"feature cache {path} is unreadable ({type(e).__name__}); rebuilding it")
-    features, ok, failures = compute_features(encoder, files, model_args["image_size"], device,
-                                              num_workers=num_workers, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    pieces = cache_pieces(path)
+    pieces.mkdir(parents=True, exist_ok=True)
+    done = [piece_of(pieces, start, key) for start in range(0, len(files), chunk)]
+    if any(p is not None for p in done):
+        print(f"feature cache {path.name}: resuming, {sum(p is not None for p in done)} of {len(done)} pieces done")
+    features = ok = None
+    failures = {}
+    for i, start in enumerate(range(0, len(files), chunk)):
+        part = done[i] or build_piece(encoder, files[start:start + chunk], model_args["image_size"], device,
+                                      num_workers, f"{desc} {i + 1}/{len(done)}", pieces / f"{start:09d}.pt", key)
+        if features is None:  # (N, D) or (N, C, h, w) float16, filled piece by piece
+            features = torch.empty((len(files), *part["features"].shape[1:]), dtype=torch.float16)
+            ok = torch.zeros(len(files), dtype=torch.bool)
+        features[start:start + len(part["ok"])] = part["features"]
+        ok[start:start + len(part["ok"])] = part["ok"]
+        failures.update(part["failures"])
+        done[i] = None  # one piece in memory at a time, beside the whole cache
+    if features is None:  # no files at all
+        features, ok, failures = compute_features(encoder, files, model_args["image_size"], device,
+                                                  num_workers=num_workers, desc=desc)
     atomic_save({"key": key, "features": features, "ok": ok, "failures": failures}, path)
+    shutil.rmtree(pieces, ignore_errors=True)
     return features, ok, failures
+
+
+def cache_pieces(path):
+    """The folder of a cache's finished pieces while it is being built: .pieces-<the key's 16 hex digits> beside
+    the cache file, whose name ends in them."""
+    return path.with_name(f".pieces-{path.stem.rsplit('-', 1)[-1]}")
+
+
+def piece_of(pieces, start, key):
+    """The finished piece that starts at image `start` (a dict like the cache's), or None if absent or unusable."""
+    path = pieces / f"{start:09d}.pt"
+    try:
+        piece = torch.load(path, map_location="cpu", weights_only=True)
+        return piece if piece.get("key") == key else None
+    except Exception:  # absent, or torn by the kill: built again
+        return None
+
+
+def build_piece(encoder, files, image_size, device, num_workers, desc, path, key):
+    """compute_features over a piece's files, saved atomically at `path`; the piece as a dict."""
+    features, ok, failures = compute_features(encoder, files, image_size, device, num_workers=num_workers, desc=desc)
+    piece = {"key": key, "features": features, "ok": ok, "failures": failures}
+    atomic_save(piece, path)
+    return piece
 
 
 def atomic_save(obj, path):

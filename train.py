@@ -140,6 +140,9 @@ class TrainConfig:
 # minutes on 2 CPU cores from a cold cache. "flickr8k-best" is that run followed by self-critical epochs, the
 # lever that raised CIDEr the most: started after the cross-entropy epochs (sooner measured worse), sampled
 # captions capped at 16 words (1.5x faster than 30: docs/self_critical.md); under 30 minutes on 2 CPU cores.
+# "coco" is the seed's COCO recipe (ResNet-50 at 224 px, 3 epochs at batch 128) with flickr8k's levers, and
+# "coco-best" that run followed by self-critical epochs, as flickr8k-best; on a GPU add --batch-size 2048
+# --lr 4e-3 --epochs 9 (docs/training.md: the large-batch recipe). Their times and needs: docs/training.md.
 PRESETS = {
     "seed": {},
     "shapes-cpu": dict(image_size=128, backbone_blocks=14, local_hidden=128, feature_norm=True, embed_norm=True,
@@ -149,7 +152,11 @@ PRESETS = {
     "flickr8k-best": dict(data_root="data/flickr8k", image_size=224, feature_norm=True, embed_norm=True,
                           image_every_step=True, decoder_dropout=0.5, epochs=10, best_metric="CIDEr",
                           scst_epochs=10, scst_max_len=16),
-    "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, epochs=3, num_workers=8),
+    "coco": dict(data_root="data/coco", backbone="resnet50", image_size=224, feature_norm=True, embed_norm=True,
+                 image_every_step=True, decoder_dropout=0.5, epochs=3, best_metric="CIDEr", num_workers=8),
+    "coco-best": dict(data_root="data/coco", backbone="resnet50", image_size=224, feature_norm=True, embed_norm=True,
+                      image_every_step=True, decoder_dropout=0.5, epochs=3, best_metric="CIDEr", num_workers=8,
+                      scst_epochs=2, scst_max_len=16),
 }
 AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data root
 
