@@ -87,6 +87,18 @@ demo: venv weights $(DEMO_DATA)
 	@"$(PY)" -c "import visualize; print(visualize.bundled_photos('images', 'outputs/bundled'))"
 	@"$(PY)" -c "import visualize; print(visualize.demo_summary(figures=$(DEMO_SHOWN)))"
 
+# $(call train_or_continue,RUN_FOLDER,TRAIN_FLAGS), a shell fragment: a finished run folder is kept, an unfinished
+# one continued with --resume, and a missing one trained with train.py TRAIN_FLAGS (TRAIN_ARGS added to both).
+define train_or_continue
+if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$(1)"; then \
+	echo "== $(1) is a finished run: training skipped (delete that folder to train again)"; \
+elif [ -f "$(1)/last.pt" ]; then \
+	echo "== continuing the unfinished run $(1)"; "$(PY)" train.py --resume "$(1)" $(TRAIN_ARGS) || exit 1; \
+else \
+	echo "== training into $(1)"; "$(PY)" train.py $(2) $(TRAIN_ARGS) || exit 1; \
+fi
+endef
+
 # `make photos`: from nothing to captions of your own photos. Flickr8k is downloaded into DATA_ROOT unless it is
 # there already (downloads.py), the PRESET recipe trains into OUT_DIR/RUN (a finished run there is
 # reused, an unfinished one continued), the val split is scored with beam 3 (its row goes on the run's
@@ -111,16 +123,7 @@ photos: venv weights
 	photos="$(PHOTOS)"; case "$$photos" in "~/"*) photos="$$HOME/$${photos#"~/"}";; esac; \
 	set -- images; [ -z "$$photos" ] || set -- images "$$photos"; \
 	"$(PY)" downloads.py flickr8k --dest "$(PHOTOS_DATA)" || exit 1; \
-	if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$$run"; then \
-		echo "== $$run is a finished run: training skipped (delete that folder to train again)"; \
-	elif [ -f "$$run/last.pt" ]; then \
-		echo "== continuing the unfinished run $$run"; \
-		"$(PY)" train.py --resume "$$run" $(TRAIN_ARGS) || exit 1; \
-	else \
-		echo "== training --preset $(PRESET) on $(PHOTOS_DATA) into $$run"; \
-		"$(PY)" train.py --preset $(PRESET) --data-root "$(PHOTOS_DATA)" --out-dir "$(OUT_DIR)" --run-name "$(RUN)" \
-			$(TRAIN_ARGS) || exit 1; \
-	fi; \
+	$(call train_or_continue,$$run,--preset $(PRESET) --data-root "$(PHOTOS_DATA)" --out-dir "$(OUT_DIR)" --run-name "$(RUN)"); \
 	if [ "$$run/scores_val_beam3.json" -nt "$$run/best.pt" ]; then \
 		echo "== the val split is already scored for this best.pt: $$run/scores_val_beam3.json"; \
 	else \
@@ -146,15 +149,7 @@ model: venv weights
 	@[ -n "$(strip $(DATA_ROOT))" ] || { echo "error: make model needs DATA_ROOT=path/to/flickr8k;" \
 		"python downloads.py flickr8k --dest data/flickr8k gets it"; exit 1; }
 	@start=$$(date +%s); run="$(MODEL_RUN)"; \
-	if "$(PY)" -c "import sys, model_card; sys.exit(not model_card.run_finished(sys.argv[1]))" "$$run"; then \
-		echo "== $$run is a finished run: training skipped (delete that folder to train again)"; \
-	elif [ -f "$$run/last.pt" ]; then \
-		echo "== continuing the unfinished run $$run"; \
-		"$(PY)" train.py --resume "$$run" $(TRAIN_ARGS) || exit 1; \
-	else \
-		"$(PY)" train.py --preset flickr8k-best --data-root "$(DATA_ROOT)" --out-dir "$$(dirname "$$run")" \
-			--run-name "$$(basename "$$run")" $(TRAIN_ARGS) || exit 1; \
-	fi; \
+	$(call train_or_continue,$$run,--preset flickr8k-best --data-root "$(DATA_ROOT)" --out-dir "$$(dirname "$$run")" --run-name "$$(basename "$$run")"); \
 	"$(PY)" bundle.py export "$$run/best.pt" "$(BUNDLE)" || exit 1; \
 	for beam in 1 3; do \
 		"$(PY)" evaluate.py --checkpoint "$(BUNDLE)" --data-root "$(DATA_ROOT)" --split val --beam $$beam \

@@ -16,7 +16,6 @@ weights`) or torchvision's download, and the file keeps their digest, so the hea
 The same best.pt always gives the same bytes: no time stamps, no paths of this machine.
 """
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import model_card
 from features import atomic_save
 from model import (CHECKPOINT_FORMAT, PREFERRED_WEIGHTS, build_model, load_checkpoint, read_checkpoint,
                    resolve_weights, state_digest, weights_path)
+from vocabulary import file_digest as sha256
 
 REPO = Path(__file__).resolve().parent
 BUNDLED_MODEL = REPO / "models" / "flickr8k.pt"
@@ -84,14 +84,6 @@ def data_summary(checkpoint, root_name):
     """The run's data summary (name, layout, split sizes) from its model card, without this machine's path."""
     data = model_card.read_state(Path(checkpoint).parent).get("data")
     return {**data, "root": root_name} if data else None
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_scores(scores_dir):

@@ -102,3 +102,30 @@ def test_make_photos_passes_every_path_whole(tmp_path, photos):
     assert calls[4] == ["caption.py", "--checkpoint", best, "--beam", "3", "--num-workers", "0", *folders]
     assert calls[5][0] == "-c" and calls[5][2:] == [best, str(figures), *folders]
     assert len(calls) == 6
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_model_trains_the_best_recipe_exports_scores_and_writes_the_card(tmp_path):
+    """`make model DATA_ROOT=...`: the flickr8k-best recipe into MODEL_RUN, then the export, the development split
+    greedy and with beam 3 on the exported file, and the card from those scores, every path whole."""
+    fake_bin = tmp_path / "fake venv" / "bin"
+    fake_bin.mkdir(parents=True)
+    (fake_bin / "python").write_text(FAKE_PYTHON.format(python=sys.executable))
+    (fake_bin / "python").chmod(0o755)
+    data, run = tmp_path / "Flickr8k  (copy)", tmp_path / "my runs" / "bundle"
+    done = subprocess.run(["make", "--no-print-directory", "-o", "venv", "-o", "weights", "model",
+                           f"VENV={fake_bin.parent}", f"DATA_ROOT={data}", f"MODEL_RUN={run}"], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [json.loads(line) for line in (fake_bin / "calls.jsonl").read_text().splitlines()]
+    assert calls[1] == ["train.py", "--preset", "flickr8k-best", "--data-root", str(data), "--out-dir",
+                        str(run.parent), "--run-name", "bundle"]
+    assert calls[2] == ["bundle.py", "export", f"{run}/best.pt", "models/flickr8k.pt"]
+    for beam, call in zip((1, 3), calls[3:5]):
+        assert call == ["evaluate.py", "--checkpoint", "models/flickr8k.pt", "--data-root", str(data), "--split",
+                        "val", "--beam", str(beam), "--out", f"{run}/bundled"]
+    assert calls[5] == ["bundle.py", "card", "models/flickr8k.pt", "--scores", f"{run}/bundled", "--run", str(run)]
+    assert len(calls) == 6
+    refused = subprocess.run(["make", "--no-print-directory", "-o", "venv", "-o", "weights", "model",
+                              f"VENV={fake_bin.parent}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert refused.returncode != 0 and "make model needs DATA_ROOT" in refused.stdout + refused.stderr
