@@ -33,7 +33,9 @@ from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
 from model import allowed_scores, autocast as device_autocast, greedy_search
 
 BASELINES = ("mean", "greedy")
-PAD = 0  # reward-token id of "no token": padding, and what <start>/<end> map to
+PAD = 0  # reward-token id of "no token": padding, and what <start> (and <end> without end_token) map to
+END_TOKEN = 1  # reward-token id of <end> when CiderD(end_token=True)
+END_TOKEN_KEY = " <end>"  # its key among the PTB tokens: no token holds a space, so no word of a caption gets it
 # n-grams are packed into one int64 as digits in base (tokens + 1); 4 digits must stay below 2**63
 MAX_REWARD_TOKENS = int(2 ** (63 / MAX_N)) - 2
 
@@ -55,16 +57,21 @@ class CiderD:
     Pass it between torchrun processes with `to_dict()` / `CiderD.from_dict()` (plain tensors).
     """
 
-    def __init__(self, references: Sequence[Sequence[str]] = (), vocab=None, *, _state=None):
+    def __init__(self, references: Sequence[Sequence[str]] = (), vocab=None, end_token=False, *, _state=None):
         if _state is not None:
             self.__dict__.update(_state)
             return
         if vocab is None or not references:
             raise ValueError("CiderD needs the training references (a list per image) and the vocabulary")
-        token_ids: dict[str, int] = {}
+        # end_token: <end> is a reward token of its own (id 1, which no PTB token gets), appended to every
+        # reference and kept after a sampled caption's last word, so "on a dirt <end>" matches no reference
+        self.end_token = end_token
+        token_ids: dict[str, int] = {END_TOKEN_KEY: END_TOKEN} if end_token else {}
         as_ids = lambda text: [token_ids.setdefault(t, len(token_ids) + 1) for t in ptb_tokenize(text).split()]
-        words = [as_ids(w) if i not in (vocab.start_id, vocab.end_id) else [] for i, w in enumerate(vocab.idx2word)]
-        refs = [[as_ids(r) for r in image_refs] for image_refs in references]
+        ended = [END_TOKEN] if end_token else []
+        words = [ended if i == vocab.end_id else [] if i == vocab.start_id else as_ids(w)
+                 for i, w in enumerate(vocab.idx2word)]
+        refs = [[as_ids(r) + ended for r in image_refs] for image_refs in references]
         if len(token_ids) > MAX_REWARD_TOKENS:
             raise ValueError(f"the references hold {len(token_ids):,} distinct tokens; CiderD packs 4-grams into "
                              f"int64 and supports at most {MAX_REWARD_TOKENS:,}")
@@ -119,9 +126,10 @@ class CiderD:
 
     # ---- scoring -----------------------------------------------------------------------------------------
     def to_reward_tokens(self, tokens, end_id):
-        """Vocabulary ids (C, T), padded with <end> after <end> -> PTB token ids (C, T * K), PAD after."""
-        words = torch.where(end_mask(tokens, end_id, inclusive=False), tokens, end_id)  # (C, T)
-        ids = self.word_tokens[words].flatten(1)  # (C, T * K)
+        """Vocabulary ids (C, T), padded with <end> after <end> -> PTB token ids (C, T * K), PAD after. With
+        end_token, a caption's first <end> gives the end token; a caption cut at T words has none."""
+        own = end_mask(tokens, end_id, inclusive=self.end_token)  # (C, T) the caption's words (and its <end>)
+        ids = torch.where(own[..., None], self.word_tokens[tokens], PAD).flatten(1)  # (C, T * K)
         order = (ids == PAD).to(torch.int8).argsort(dim=1, stable=True)  # tokens to the front, in order
         return ids.gather(1, order)
 
@@ -178,7 +186,7 @@ class CiderD:
 
     @classmethod
     def from_dict(cls, state):
-        return cls(_state=dict(state))
+        return cls(_state={"end_token": False, **state})
 
 
 def _padded(rows):

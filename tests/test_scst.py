@@ -54,9 +54,17 @@ def as_tokens(captions, vocab, length):
     return out
 
 
-def test_cider_reward_equals_the_scorer_on_the_same_captions_and_document_frequencies():
+END_WORD = "endword"  # the end token written out as a word, for the scorer's side
+
+
+@pytest.mark.parametrize("end_token", [False, True])
+def test_cider_reward_equals_the_scorer_on_the_same_captions_and_document_frequencies(end_token):
+    """With end_token the reward is the scorer's CIDEr-D once an explicit end word is appended to every
+    reference and to every caption that ended (not to one cut at the length cap)."""
     vocab = vocabulary()
-    cider = CiderD(REFERENCES, vocab)
+    cider = CiderD(REFERENCES, vocab, end_token=end_token)
+    ended = lambda text: f"{text} {END_WORD}".strip() if end_token else text
+    references = [[ended(r) for r in image_refs] for image_refs in REFERENCES]
     rng = random.Random(0)
     handmade = [
         ["a", "red", "circle"],
@@ -78,16 +86,30 @@ def test_cider_reward_equals_the_scorer_on_the_same_captions_and_document_freque
     rewards = cider.rewards(tokens, images, vocab.end_id)
     assert rewards.dtype == torch.float64 and rewards.shape == (len(captions),)
     for s in range(samples):
-        texts = [vocab.decode(tokens[i * samples + s]) for i in range(len(REFERENCES))]
-        expected = scorer_cider(REFERENCES, texts)
+        rows = [tokens[i * samples + s] for i in range(len(REFERENCES))]
+        texts = [ended(vocab.decode(row)) if (row == vocab.end_id).any() else vocab.decode(row) for row in rows]
+        expected = scorer_cider(references, texts)
         assert rewards[s::samples].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert rewards[samples] == 0.0  # the empty caption
+    assert rewards[samples] == 0.0  # the empty caption (the end token alone is in every reference: idf 0)
     assert rewards[0] > 1.0 and (rewards > 0).sum() > len(captions) // 2  # a test that scores something
+
+
+def test_the_end_token_costs_a_caption_that_stops_where_no_reference_stops():
+    """"a small red circle to the left of a" <end>: its last bigram "a <end>" is in no reference, while
+    "... of a square <end>" ends as a reference does. The end token lowers the first far more."""
+    vocab = vocabulary()
+    words = "a small red circle to the left of a square".split()
+    tokens = as_tokens([words, words[:-1]], vocab, 12)  # both end (<end> after the last word)
+    images = torch.tensor([0, 0])
+    plain = CiderD(REFERENCES, vocab).rewards(tokens, images, vocab.end_id)
+    ended = CiderD(REFERENCES, vocab, end_token=True).rewards(tokens, images, vocab.end_id)
+    whole, fragment = (ended / plain).tolist()
+    assert fragment < 0.95 * whole and whole > 0.99
 
 
 def test_cider_reward_is_the_same_after_a_round_trip_through_plain_data(tmp_path):
     vocab = vocabulary()
-    cider = CiderD(REFERENCES, vocab)
+    cider = CiderD(REFERENCES, vocab, end_token=True)
     torch.save(cider.to_dict(), tmp_path / "cider.pt")
     again = CiderD.from_dict(torch.load(tmp_path / "cider.pt", weights_only=True))
     tokens = as_tokens([["a", "red", "circle"], ["small", "blue", "circle"]], vocab, 5)
