@@ -31,7 +31,7 @@ from metrics import (BACKENDS, SPICE_NOTE, Scores, caption_diagnostics, caption_
                      meteor_missing_reason, scores_table)
 from model import (NO_END_AFTER, caption_batch, checkpoint_max_len, get_device, latest_checkpoint, load_checkpoint,
                    read_checkpoint)
-from vocabulary import read_captions
+from vocabulary import caption_tokens, read_captions
 
 DEFAULT_CACHE_DIR = "data/cache"  # as TrainConfig.cache_dir, for checkpoints whose config does not say
 DEFAULT_NUM_WORKERS = 2
@@ -179,7 +179,9 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     values = caption_metrics(dataset, captions, settings["data_root"], split, metrics=None, backend=backend)
     missing = {} if "METEOR" in values else {"METEOR": meteor_missing_reason()}
     scores = Scores(values, {**missing, "SPICE": SPICE_NOTE})
-    scores.diagnostics = caption_diagnostics(captions, training_captions(settings["data_root"]), NO_END_AFTER)
+    scores.diagnostics = caption_diagnostics(
+        captions, training_captions(settings["data_root"], settings.get("cache_dir", DEFAULT_CACHE_DIR)),
+        NO_END_AFTER, max_len=max_len)
     scores.files = None  # (captions file, scores file) once written
     if save:
         suffix = decoding_suffix(ckpt, max_len, length_penalty, word_rules, settings["data_root"])
@@ -193,12 +195,18 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
     return scores, captions
 
 
-def training_captions(data_root):
-    """The training split's raw captions, to count the captions that copy one; () when the root has none."""
+def training_captions(data_root, cache_dir=None):
+    """The training split's captions as token lists, to count the captions that copy one or end as none does;
+    () when the root has none. With a cache_dir the tokens come from the token cache that training writes
+    (vocabulary.caption_tokens: keyed by the caption file's sha256, written atomically), so only the first
+    evaluation of a caption file tokenizes it (about 90 s on COCO)."""
     try:
-        return read_captions(train_captions_file(data_root))
+        path = train_captions_file(data_root)
+        texts = read_captions(path)
     except (FileNotFoundError, ValueError):
         return ()
+    tokens = caption_tokens(path, texts, cache_dir)  # {text: words}
+    return [tokens[t] for t in texts]
 
 
 def write_results(out_dir, split, beam, captions, scores, info=None, suffix=""):

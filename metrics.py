@@ -585,28 +585,34 @@ def caption_metrics(dataset, candidates, data_root, split, metrics=("Bleu", "CID
     return out
 
 
-def caption_diagnostics(captions: Mapping[Hashable, str], training_captions: Iterable[str] = (),
-                        no_end_words: Iterable[str] = (), top: int = 5) -> dict:
+def caption_diagnostics(captions: Mapping[Hashable, str], training_captions: Iterable[str | Sequence[str]] = (),
+                        no_end_words: Iterable[str] = (), top: int = 5, max_len: int | None = None) -> dict:
     """What a score hides about {image_id: caption}: how many differ, how many copy a training caption word for
-    word (training_captions: raw strings, tokenized here as the vocabulary tokenizes), how many words they use,
-    their mean length in words, how many hold <unk>, how many end badly (on one of no_end_words, or on a word
-    that ends under RARE_ENDING_SHARE of the training captions it occurs in: "on a red"), and the `top` most
-    repeated. copied_share is None without training captions."""
+    word (training_captions: raw strings, tokenized here as the vocabulary tokenizes, or their token lists),
+    how many words they use, their mean length in words, how many hold <unk>, how many end badly (on one of
+    no_end_words, or on a word that ends under RARE_ENDING_SHARE of the training captions it occurs in: "on a
+    red"), how many have broken endings (their last two words end no training caption: "on a dirt"), how many
+    were cut at max_len (decoding stops after max_len positions, <end> included, so a caption of max_len words
+    never said <end>; one that did has at most max_len - 1), and the `top` most repeated. copied_share and
+    broken_endings are None without training captions, cut_at_max_len without max_len."""
     texts = list(captions.values())
     if not texts:
         raise ValueError("caption_diagnostics needs at least one caption")
     words = [t.split() for t in texts]
     counts = Counter(texts)
-    training = [tokenize(c) for c in training_captions]
+    training = [tokenize(c) if isinstance(c, str) else list(c) for c in training_captions]
     seen = {" ".join(t) for t in training}
     occurs, ends = Counter(w for t in training for w in t), Counter(t[-1] for t in training if t)
     no_end = set(no_end_words) | {w for w, n in occurs.items() if ends[w] < RARE_ENDING_SHARE * n}
+    last_two = {tuple(t[-2:]) for t in training if t}  # how training captions end: ("the", "street")
     return {"captions": len(texts), "distinct": len(counts),
             "copied_share": sum(t in seen for t in texts) / len(texts) if seen else None,
             "words_used": len({w for ws in words for w in ws}),
             "mean_length": sum(map(len, words)) / len(texts),
             "with_unk": sum(UNK in ws for ws in words),
             "bad_endings": sum(bool(ws) and ws[-1] in no_end for ws in words),
+            "broken_endings": sum(bool(ws) and tuple(ws[-2:]) not in last_two for ws in words) if seen else None,
+            "cut_at_max_len": sum(len(ws) >= max_len for ws in words) if max_len else None,
             "most_repeated": [[text, n] for text, n in counts.most_common(top) if n > 1]}
 
 
@@ -617,6 +623,11 @@ def diagnostics_lines(d: Mapping) -> list[str]:
              f"{d['words_used']:,} words used; mean length {d['mean_length']:.1f} words; "
              f"{d['with_unk']} with {UNK}; {d['bad_endings']} ending on a word sentences do not end on "
              "(an article, a preposition, a colour)"]
+    ends = [f"{d[key]} {what}" for key, what in (
+        ("broken_endings", "ending on two words that end no training caption ('on a dirt')"),
+        ("cut_at_max_len", "cut at max_len (no <end>)")) if d.get(key) is not None]
+    if ends:
+        lines.append("; ".join(ends))
     lines += [f"  {n:>4} x  {text}" for text, n in d["most_repeated"]]
     return lines
 

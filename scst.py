@@ -7,6 +7,10 @@ reads its own words. A self-critical step closes both gaps, per image rather tha
                       ──CiderD.rewards───> their CIDEr-D against all of that image's references (B*k,)
                       ──baseline─────────> the mean reward of the image's OTHER samples (Luo 2020), or greedy's
     loss = -(reward - baseline) * (mean log-probability of the caption's tokens, <end> included)
+           [+ scst_xe_weight * cross-entropy of the images' human captions: the mixed objective]
+
+With scst_end_token the reward counts <end> as a word of its own (in every reference, and after each sampled
+caption that ended), so a caption that stops where no reference stops ("on a dirt <end>") loses reward.
 
 The reward is computed here, in the training process, from token ids and vectorised over the batch, with the
 document frequencies of the training references computed once. It equals metrics' pure-Python CIDEr-D on the
@@ -33,7 +37,9 @@ from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
 from model import allowed_scores, autocast as device_autocast, greedy_search
 
 BASELINES = ("mean", "greedy")
-PAD = 0  # reward-token id of "no token": padding, and what <start>/<end> map to
+PAD = 0  # reward-token id of "no token": padding, and what <start> (and <end> without end_token) map to
+END_TOKEN = 1  # reward-token id of <end> when CiderD(end_token=True)
+END_TOKEN_KEY = " <end>"  # its key among the PTB tokens: no token holds a space, so no word of a caption gets it
 # n-grams are packed into one int64 as digits in base (tokens + 1); 4 digits must stay below 2**63
 MAX_REWARD_TOKENS = int(2 ** (63 / MAX_N)) - 2
 
@@ -55,16 +61,21 @@ class CiderD:
     Pass it between torchrun processes with `to_dict()` / `CiderD.from_dict()` (plain tensors).
     """
 
-    def __init__(self, references: Sequence[Sequence[str]] = (), vocab=None, *, _state=None):
+    def __init__(self, references: Sequence[Sequence[str]] = (), vocab=None, end_token=False, *, _state=None):
         if _state is not None:
             self.__dict__.update(_state)
             return
         if vocab is None or not references:
             raise ValueError("CiderD needs the training references (a list per image) and the vocabulary")
-        token_ids: dict[str, int] = {}
+        # end_token: <end> is a reward token of its own (id 1, which no PTB token gets), appended to every
+        # reference and kept after a sampled caption's last word, so "on a dirt <end>" matches no reference
+        self.end_token = end_token
+        token_ids: dict[str, int] = {END_TOKEN_KEY: END_TOKEN} if end_token else {}
         as_ids = lambda text: [token_ids.setdefault(t, len(token_ids) + 1) for t in ptb_tokenize(text).split()]
-        words = [as_ids(w) if i not in (vocab.start_id, vocab.end_id) else [] for i, w in enumerate(vocab.idx2word)]
-        refs = [[as_ids(r) for r in image_refs] for image_refs in references]
+        ended = [END_TOKEN] if end_token else []
+        words = [ended if i == vocab.end_id else [] if i == vocab.start_id else as_ids(w)
+                 for i, w in enumerate(vocab.idx2word)]
+        refs = [[as_ids(r) + ended for r in image_refs] for image_refs in references]
         if len(token_ids) > MAX_REWARD_TOKENS:
             raise ValueError(f"the references hold {len(token_ids):,} distinct tokens; CiderD packs 4-grams into "
                              f"int64 and supports at most {MAX_REWARD_TOKENS:,}")
@@ -119,9 +130,10 @@ class CiderD:
 
     # ---- scoring -----------------------------------------------------------------------------------------
     def to_reward_tokens(self, tokens, end_id):
-        """Vocabulary ids (C, T), padded with <end> after <end> -> PTB token ids (C, T * K), PAD after."""
-        words = torch.where(end_mask(tokens, end_id, inclusive=False), tokens, end_id)  # (C, T)
-        ids = self.word_tokens[words].flatten(1)  # (C, T * K)
+        """Vocabulary ids (C, T), padded with <end> after <end> -> PTB token ids (C, T * K), PAD after. With
+        end_token, a caption's first <end> gives the end token; a caption cut at T words has none."""
+        own = end_mask(tokens, end_id, inclusive=self.end_token)  # (C, T) the caption's words (and its <end>)
+        ids = torch.where(own[..., None], self.word_tokens[tokens], PAD).flatten(1)  # (C, T * K)
         order = (ids == PAD).to(torch.int8).argsort(dim=1, stable=True)  # tokens to the front, in order
         return ids.gather(1, order)
 
@@ -178,7 +190,7 @@ class CiderD:
 
     @classmethod
     def from_dict(cls, state):
-        return cls(_state=dict(state))
+        return cls(_state={"end_token": False, **state})
 
 
 def _padded(rows):
@@ -267,6 +279,46 @@ def scst_loss(logp, mask, advantage):
     return -(advantage.detach().to(mean_logp) * mean_logp).mean()
 
 
+def human_caption_loss(decoder, features, captions, lengths):
+    """The mixed objective's term (Paulus et al. 2017): teacher-forced cross-entropy of the images' human
+    captions, the mean over their targets (the words and <end>; not <start>, not the <end> padding after).
+
+    features (H, ...) one row per caption; captions (H, L) `<start> w1 .. wn <end>` padded with <end>; lengths
+    (H,) each caption's length with <start> and <end>. It keeps the sampled captions' language close to the
+    references' while the reward moves it."""
+    scores = decoder(features, captions)[:, 1:].float()  # (H, L-1, V); scores[:, t] predicts captions[:, t + 1]
+    targets = captions[:, 1:]  # (H, L-1)
+    real = torch.arange(1, captions.size(1), device=captions.device) < lengths[:, None]  # (H, L-1)
+    nll = F.cross_entropy(scores.transpose(1, 2), targets, reduction="none")  # (H, L-1)
+    return torch.where(real, nll, 0.0).sum() / real.sum().clamp_min(1)
+
+
+class HumanCaptions:
+    """The training captions of each image, for the mixed objective: `batch(images)` gives those of a batch.
+
+    tokens (N, T) `<start> .. <end>` padded with <end> and lengths (N,) of all captions (on the device that
+    trains), caption_image (N,) each caption's image row, usable: the caption indices training uses."""
+
+    def __init__(self, tokens, lengths, caption_image, usable):
+        self.tokens, self.lengths = tokens, lengths
+        usable = np.asarray(usable)
+        owners = np.asarray(caption_image)[usable]
+        order = np.argsort(owners, kind="stable")
+        rows, starts = np.unique(owners[order], return_index=True)
+        self.by_image = dict(zip(rows.tolist(), np.split(usable[order], starts[1:])))
+
+    def batch(self, images):
+        """images: B image rows -> (captions (H, L) cut after the longest, lengths (H,), owner (H,) the
+        position in `images` of each caption's image)."""
+        groups = [self.by_image.get(int(i), np.zeros(0, dtype=np.int64)) for i in images]
+        rows = torch.as_tensor(np.concatenate(groups), device=self.tokens.device)  # (H,)
+        owner = torch.as_tensor(np.repeat(np.arange(len(groups)), [len(g) for g in groups]),
+                                device=self.tokens.device)  # (H,)
+        lengths = self.lengths[rows]  # (H,)
+        longest = int(lengths.max()) if len(rows) else 2
+        return self.tokens[rows, :longest], lengths, owner
+
+
 def mean_of_others(rewards, samples):
     """Luo (2020)'s baseline: for each sample, the mean reward of the other samples of the same image."""
     r = rewards.view(-1, samples)  # (B, k)
@@ -277,11 +329,15 @@ def mean_of_others(rewards, samples):
 # One step and one epoch
 # ---------------------------------------------------------------------------------------------------------
 def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, baseline="mean", max_len=30,
-              grad_clip=0.0, world_size=1, autocast=nullcontext):
+              grad_clip=0.0, world_size=1, autocast=nullcontext, xe_weight=0.0, human=None):
     """One self-critical step on a batch of images. inputs: their cached CNN features (B, ...); images (B,):
-    their rows in `cider`'s references. Returns a dict of floats: loss, reward, baseline, and the seconds of the
-    whole step (step_s), of sampling (sample_s) and of the reward (reward_s); the rest is the teacher-forced
-    pass, its backward and the update."""
+    their rows in `cider`'s references. xe_weight > 0 adds xe_weight x human_caption_loss of `human`
+    (HumanCaptions.batch's (captions, lengths, owner) of these images) to the loss: the mixed objective.
+    Returns a dict of floats: loss (the whole), xe (the human captions' cross-entropy, 0 without), reward,
+    baseline, and the seconds of the whole step (step_s), of sampling (sample_s) and of the reward (reward_s);
+    the rest is the teacher-forced passes, their backward and the update."""
+    if xe_weight and human is None:
+        raise ValueError("a mixed objective (scst_xe_weight > 0) needs the images' human captions")
     if baseline not in BASELINES:
         raise ValueError(f"scst_baseline must be one of {BASELINES}, got {baseline!r}")
     if baseline == "mean" and samples < 2:
@@ -308,6 +364,12 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
     with autocast():
         logp, mask = caption_log_probs(decoder, features.repeat_interleave(samples, 0), tokens, start, end)
     loss = scst_loss(logp, mask, rewards - base)
+    xe = torch.zeros(())
+    if xe_weight:
+        captions, lengths, owner = human
+        with autocast():
+            xe = human_caption_loss(decoder, features[owner], captions, lengths)
+        loss = loss + xe_weight * xe
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -316,7 +378,7 @@ def scst_step(encoder, decoder, optimizer, inputs, images, cider, samples=5, bas
     if grad_clip:
         nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return {"loss": loss.item(), "reward": rewards.mean().item(), "baseline": base.mean().item(),
+    return {"loss": loss.item(), "xe": xe.item(), "reward": rewards.mean().item(), "baseline": base.mean().item(),
             "reward_s": reward_s, "sample_s": sample_s, "step_s": time.perf_counter() - t0}
 
 
@@ -359,9 +421,11 @@ def epoch_images(images, images_per_step, epoch, seed, rank=0, world_size=1):
 
 
 def scst_epoch(encoder, decoder, optimizer, features, images, cider, cfg, epoch, device, rank=0, world_size=1,
-               autocast=nullcontext, progress=None):
+               autocast=nullcontext, progress=None, human=None):
     """One self-critical pass over the training images (this process's share). features: the whole feature
-    cache (N, ...) on `device`; images: usable image rows. Returns the epoch's means and speeds (dict)."""
+    cache (N, ...) on `device`; images: usable image rows; human: their HumanCaptions, used when
+    cfg.scst_xe_weight > 0. Returns the epoch's means and speeds (dict)."""
+    xe_weight = getattr(cfg, "scst_xe_weight", 0.0)
     # Dropout off (eval mode) while sampling and while recomputing the log-probabilities: the captions are then
     # drawn from exactly the distribution whose gradient is taken, the one decoding uses at test time. (In train
     # mode the teacher-forced pass would draw other dropout masks than the sampling pass did.)
@@ -370,20 +434,20 @@ def scst_epoch(encoder, decoder, optimizer, features, images, cider, cfg, epoch,
     samples = cfg.scst_samples
     per_step = max(1, cfg.batch_size // samples)  # as many captions per step as a cross-entropy step
     batches = epoch_images(images, per_step, epoch, cfg.seed, rank, world_size)
-    totals = {"loss": 0.0, "reward": 0.0, "baseline": 0.0, "reward_s": 0.0, "step_s": 0.0}
+    totals = {"loss": 0.0, "xe": 0.0, "reward": 0.0, "baseline": 0.0, "reward_s": 0.0, "step_s": 0.0}
     n_images = steps = 0
     for batch in (progress(batches) if progress else batches):
         index = torch.as_tensor(batch, device=device)
         stats = scst_step(encoder, decoder, optimizer, features[index].float(), torch.as_tensor(batch), cider,
                           samples, cfg.scst_baseline, cfg.scst_max_len or cfg.max_len, cfg.grad_clip,
-                          world_size, autocast)
-        for key in ("loss", "reward", "baseline"):
+                          world_size, autocast, xe_weight, human.batch(batch) if xe_weight else None)
+        for key in ("loss", "xe", "reward", "baseline"):
             totals[key] += stats[key] * len(batch)
         totals["reward_s"] += stats["reward_s"]
         totals["step_s"] += stats["step_s"]
         n_images += len(batch)
         steps += 1
-    out = {"steps": steps, **{key: totals[key] / max(n_images, 1) for key in ("loss", "reward", "baseline")}}
+    out = {"steps": steps, **{key: totals[key] / max(n_images, 1) for key in ("loss", "xe", "reward", "baseline")}}
     out["images_per_s"] = n_images / max(totals["step_s"], 1e-9)
     out["reward_share"] = totals["reward_s"] / max(totals["step_s"], 1e-9)
     return out
@@ -401,10 +465,10 @@ def training_references(dataset, usable):
     return refs
 
 
-def shared_reward(dataset, usable, vocab, rank=0, world_size=1):
+def shared_reward(dataset, usable, vocab, rank=0, world_size=1, end_token=False):
     """The CiderD reward of the training references: rank 0 builds it (document frequencies included) and
     sends it to the other processes, so that every one rewards captions with the same numbers."""
-    state = [CiderD(training_references(dataset, usable), vocab).to_dict() if rank == 0 else None]
+    state = [CiderD(training_references(dataset, usable), vocab, end_token).to_dict() if rank == 0 else None]
     if world_size > 1:
         dist.broadcast_object_list(state, src=0)
     return CiderD.from_dict(state[0])
@@ -419,14 +483,18 @@ def train_scst_epoch(model, optimizer, split, reward, cfg, epoch, device, rank=0
     if cfg.scst_samples < 1:
         raise ValueError(f"scst_samples must be at least 1, got {cfg.scst_samples}")
     images = np.unique(split.dataset.caption_image[split.usable])
+    xe_weight = getattr(cfg, "scst_xe_weight", 0.0)
+    human = HumanCaptions(split.tokens, split.lengths, split.dataset.caption_image, split.usable) if xe_weight else None
     stats = scst_epoch(model.encoder, model.decoder, optimizer, split.features, images, reward, cfg, epoch,
-                       device, rank, world_size, lambda: device_autocast(device), progress)
+                       device, rank, world_size, lambda: device_autocast(device), progress, human)
     if world_size > 1:  # every process's own images: the log shows the mean over all of them
-        values = torch.tensor([stats["reward"], stats["baseline"], stats["loss"]], dtype=torch.float64,
-                              device=device)
+        values = torch.tensor([stats["reward"], stats["baseline"], stats["loss"], stats["xe"]],
+                              dtype=torch.float64, device=device)
         dist.all_reduce(values)
-        stats["reward"], stats["baseline"], stats["loss"] = (values / world_size).tolist()
+        stats["reward"], stats["baseline"], stats["loss"], stats["xe"] = (values / world_size).tolist()
         stats["images_per_s"] *= world_size
     logged = {"reward": stats["reward"], "baseline": stats["baseline"], "images_per_s": stats["images_per_s"],
               "reward_share": stats["reward_share"], "steps": stats["steps"]}
+    if xe_weight:
+        logged["xe"] = stats["xe"]
     return stats["loss"], stats["images_per_s"] * cfg.scst_samples, logged

@@ -116,6 +116,10 @@ class TrainConfig:
     scst_baseline: str = opt("mean", "reward baseline: 'mean' of the image's other samples (Luo 2020) or 'greedy'")
     scst_lr: float = opt(5e-4, "Adam learning rate of the self-critical epochs (a new optimiser); shapes: 5e-4 beat 5e-5")
     scst_max_len: int = opt(0, "longest sampled caption in words during self-critical epochs; 0: max_len")
+    scst_end_token: bool = opt(False, "CIDEr-D reward with <end> as a word of its own, so that a caption ending "
+                                      "where no reference ends ('on a dirt') loses reward")
+    scst_xe_weight: float = opt(0.0, "mixed objective: add this times the cross-entropy of the images' human "
+                                     "captions to the self-critical loss (0: reward only)")
 
     def model_args(self, vocab):
         """The sizes that rebuild the model; stored in every checkpoint."""
@@ -166,7 +170,8 @@ AUTO_PRESET = "auto"  # the preset data_loader.data_defaults picks for the data 
 # image_size, ...), so a different value is refused. out_dir and run_name are the run's own folder: kept.
 RESUMABLE = ("epochs", "batch_size", "lr", "weight_decay", "grad_clip", "seed", "max_len", "val_images",
              "best_metric", "device", "num_workers", "cache_dir", "save_every", "log_every", "compile", "strict",
-             "attention_reg", "scst_epochs", "scst_samples", "scst_baseline", "scst_lr", "scst_max_len")
+             "attention_reg", "scst_epochs", "scst_samples", "scst_baseline", "scst_lr", "scst_max_len",
+             "scst_end_token", "scst_xe_weight")
 RUN_FOLDER = ("out_dir", "run_name")
 PATH_SETTINGS = ("data_root", "cache_dir", "out_dir", "init_from")  # compared as resolved paths on resume
 
@@ -669,6 +674,8 @@ def scst_problems(cfg):
         problems.append(f"--scst-lr must be 0 or more, got {cfg.scst_lr}")
     if cfg.scst_max_len < 0:
         problems.append(f"--scst-max-len must be 0 (max_len) or more, got {cfg.scst_max_len}")
+    if not cfg.scst_xe_weight >= 0:
+        problems.append(f"--scst-xe-weight must be 0 or more, got {cfg.scst_xe_weight}")
     return problems
 
 
@@ -852,7 +859,8 @@ def train_in_process(cfg, ckpt, init, rank, world_size, device, started):
             logged = {"phase": "xe", "train_ppl": math.exp(min(train_loss, 50))}
         else:
             if reward is None:
-                reward = scst.shared_reward(train_split.dataset, train_split.usable, vocab, rank, world_size)
+                reward = scst.shared_reward(train_split.dataset, train_split.usable, vocab, rank, world_size,
+                                            cfg.scst_end_token)
             if epoch == cfg.epochs:  # a new optimiser; a run resumed later in this phase has loaded its own
                 optimizer = torch.optim.Adam(params, lr=cfg.scst_lr, weight_decay=cfg.weight_decay)
             bar = lambda batches: tqdm(batches, desc=f"self-critical epoch {epoch + 1}/{total_epochs}",

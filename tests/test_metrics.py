@@ -309,6 +309,71 @@ def test_caption_diagnostics_count_what_the_scores_hide():
     assert d["most_repeated"] == [["a dog runs", 3]]  # captions written once are not "repeated"
     no_data = metrics.caption_diagnostics(captions, no_end_words=("a",))
     assert no_data["copied_share"] is None and no_data["bad_endings"] == 1
+    # training captions end on "dog runs" and "the mat": the cat and <unk> captions end on pairs none ends on
+    assert d["broken_endings"] == 3 and no_data["broken_endings"] is None
+    assert d["cut_at_max_len"] is None  # no max_len given
     lines = metrics.diagnostics_lines(d)
     assert lines[0].startswith("4 distinct captions of 6; 50.0% copy a training caption")
-    assert lines[1].split() == ["3", "x", "a", "dog", "runs"]
+    assert lines[1].startswith("3 ending on two words that end no training caption")
+    assert lines[2].split() == ["3", "x", "a", "dog", "runs"]
+
+
+def test_broken_endings_take_token_lists_and_cut_captions_are_those_of_max_len_words():
+    captions = {1: "a man rides a bike on a dirt", 2: "a man rides a bike on a dirt road", 3: "a dog",
+                4: "dog", 5: "a dog runs through the grass"}
+    training = [["a", "man", "on", "a", "dirt", "road"], ["a", "dog"], ["the", "grass"]]  # tokens, as cached
+    d = metrics.caption_diagnostics(captions, training, max_len=9)
+    assert d["broken_endings"] == 2  # "a dirt" ends none; "dog" alone is no training caption either
+    # decoding stops after max_len positions, <end> included: 9 words never said <end>, 8 words did
+    assert d["cut_at_max_len"] == 1 and metrics.caption_diagnostics(captions, max_len=10)["cut_at_max_len"] == 0
+    assert "1 cut at max_len (no <end>)" in metrics.diagnostics_lines(d)[1]
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decoding_fills_max_len_with_words_only_when_it_never_says_end(beam):
+    """The rule cut_at_max_len relies on: a caption that ended has at most max_len - 1 words."""
+    import torch
+
+    from model import DecoderRNN, caption_batch
+    from vocabulary import Vocabulary
+
+    vocab = Vocabulary(["a", "dog", "runs"])
+    torch.manual_seed(0)
+    decoder = DecoderRNN(embed_size=8, hidden_size=16, vocab_size=len(vocab), end_id=vocab.end_id,
+                         start_id=vocab.start_id).eval()
+    encoder = torch.nn.Module()
+    encoder.embed = torch.nn.Identity()
+    lengths = {}
+    for end_bias in (-1e4, 3.0):  # <end> never, or likely from the first step on
+        with torch.no_grad():
+            decoder.fc.bias[vocab.end_id] = end_bias
+        texts = caption_batch(encoder, decoder, vocab, features=torch.randn(4, 8), beam=beam, max_len=5)
+        lengths[end_bias] = [len(t.split()) for t in texts]
+    assert lengths[-1e4] == [5] * 4 and max(lengths[3.0]) <= 4
+
+
+def test_evaluation_tokenizes_the_training_captions_once_then_reads_the_token_cache(tmp_path, monkeypatch):
+    import evaluate
+    import vocabulary
+
+    annotations = tmp_path / "root" / "annotations"
+    annotations.mkdir(parents=True)
+    texts = ["A dog runs.", "A man rides a bike on a dirt road", "Two dogs play"]
+    (annotations / "captions_train2017.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "1.jpg"}],
+         "annotations": [{"id": i, "image_id": 1, "caption": t} for i, t in enumerate(texts)]}))
+    calls = []
+    real = vocabulary.tokenize
+    monkeypatch.setattr(vocabulary, "tokenize", lambda text: calls.append(text) or real(text))
+    first = evaluate.training_captions(tmp_path / "root", tmp_path / "cache")
+    assert first == [real(t) for t in texts] and len(calls) == 3
+    cached = list((tmp_path / "cache").glob("tokens-captions_train2017-*.json"))
+    assert len(cached) == 1 and not list((tmp_path / "cache").glob(".*tmp*"))  # renamed into place whole
+    assert evaluate.training_captions(tmp_path / "root", tmp_path / "cache") == first and len(calls) == 3
+    # an edited caption file has another sha256: its own cache, tokenized afresh
+    texts[0] = "A cat sits."
+    (annotations / "captions_train2017.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "1.jpg"}],
+         "annotations": [{"id": i, "image_id": 1, "caption": t} for i, t in enumerate(texts)]}))
+    assert evaluate.training_captions(tmp_path / "root", tmp_path / "cache")[0] == ["a", "cat", "sits"]
+    assert evaluate.training_captions(tmp_path / "nothing", tmp_path / "cache") == ()

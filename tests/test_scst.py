@@ -6,7 +6,8 @@ import torch
 
 import scst
 from model import AttentionDecoder, DecoderRNN, greedy_search, register_word_rules
-from scst import CiderD, caption_log_probs, end_mask, mean_of_others, sample_captions, scst_loss, scst_step
+from scst import (CiderD, HumanCaptions, caption_log_probs, end_mask, human_caption_loss, mean_of_others,
+                  sample_captions, scst_loss, scst_step)
 from vocabulary import Vocabulary
 
 import metrics as scorer
@@ -54,9 +55,17 @@ def as_tokens(captions, vocab, length):
     return out
 
 
-def test_cider_reward_equals_the_scorer_on_the_same_captions_and_document_frequencies():
+END_WORD = "endword"  # the end token written out as a word, for the scorer's side
+
+
+@pytest.mark.parametrize("end_token", [False, True])
+def test_cider_reward_equals_the_scorer_on_the_same_captions_and_document_frequencies(end_token):
+    """With end_token the reward is the scorer's CIDEr-D once an explicit end word is appended to every
+    reference and to every caption that ended (not to one cut at the length cap)."""
     vocab = vocabulary()
-    cider = CiderD(REFERENCES, vocab)
+    cider = CiderD(REFERENCES, vocab, end_token=end_token)
+    ended = lambda text: f"{text} {END_WORD}".strip() if end_token else text
+    references = [[ended(r) for r in image_refs] for image_refs in REFERENCES]
     rng = random.Random(0)
     handmade = [
         ["a", "red", "circle"],
@@ -78,16 +87,30 @@ def test_cider_reward_equals_the_scorer_on_the_same_captions_and_document_freque
     rewards = cider.rewards(tokens, images, vocab.end_id)
     assert rewards.dtype == torch.float64 and rewards.shape == (len(captions),)
     for s in range(samples):
-        texts = [vocab.decode(tokens[i * samples + s]) for i in range(len(REFERENCES))]
-        expected = scorer_cider(REFERENCES, texts)
+        rows = [tokens[i * samples + s] for i in range(len(REFERENCES))]
+        texts = [ended(vocab.decode(row)) if (row == vocab.end_id).any() else vocab.decode(row) for row in rows]
+        expected = scorer_cider(references, texts)
         assert rewards[s::samples].tolist() == pytest.approx(expected, rel=1e-9, abs=1e-12)
-    assert rewards[samples] == 0.0  # the empty caption
+    assert rewards[samples] == 0.0  # the empty caption (the end token alone is in every reference: idf 0)
     assert rewards[0] > 1.0 and (rewards > 0).sum() > len(captions) // 2  # a test that scores something
+
+
+def test_the_end_token_costs_a_caption_that_stops_where_no_reference_stops():
+    """"a small red circle to the left of a" <end>: its last bigram "a <end>" is in no reference, while
+    "... of a square <end>" ends as a reference does. The end token lowers the first far more."""
+    vocab = vocabulary()
+    words = "a small red circle to the left of a square".split()
+    tokens = as_tokens([words, words[:-1]], vocab, 12)  # both end (<end> after the last word)
+    images = torch.tensor([0, 0])
+    plain = CiderD(REFERENCES, vocab).rewards(tokens, images, vocab.end_id)
+    ended = CiderD(REFERENCES, vocab, end_token=True).rewards(tokens, images, vocab.end_id)
+    whole, fragment = (ended / plain).tolist()
+    assert fragment < 0.95 * whole and whole > 0.99
 
 
 def test_cider_reward_is_the_same_after_a_round_trip_through_plain_data(tmp_path):
     vocab = vocabulary()
-    cider = CiderD(REFERENCES, vocab)
+    cider = CiderD(REFERENCES, vocab, end_token=True)
     torch.save(cider.to_dict(), tmp_path / "cider.pt")
     again = CiderD.from_dict(torch.load(tmp_path / "cider.pt", weights_only=True))
     tokens = as_tokens([["a", "red", "circle"], ["small", "blue", "circle"]], vocab, 5)
@@ -208,6 +231,68 @@ def test_self_critical_steps_raise_the_probability_of_a_rewarded_token(kind, bas
     assert 0 <= stats["reward"] <= 1 and stats["step_s"] >= stats["reward_s"] > 0
 
 
+class TableDecoder(torch.nn.Module):
+    """Scores from a learnable table, the same for every image and caption: scores[:, t] = table[t]."""
+
+    def __init__(self, length, vocab_size):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.randn(length, vocab_size))
+
+    def forward(self, features, captions):
+        return self.table[: captions.size(1)].expand(captions.size(0), -1, -1)  # (H, L, V)
+
+
+def test_human_caption_loss_and_its_gradient_by_hand():
+    S, E = 1, 2  # <start>, <end>
+    captions = torch.tensor([[S, 4, 5, E, E], [S, 6, E, E, E]])  # 3 + 2 targets; the <end>s after are padding
+    decoder = TableDecoder(5, 8)
+    loss = human_caption_loss(decoder, torch.zeros(2, 3), captions, torch.tensor([4, 3]))
+    loss.backward()
+    p = decoder.table.detach().softmax(-1)  # (5, V)
+    targets = [(1, 4), (2, 5), (3, E), (1, 6), (2, E)]  # (position of the score that predicts it, word)
+    assert loss.item() == pytest.approx(-sum(p[t, w].log().item() for t, w in targets) / 5, rel=1e-6)
+    grad = torch.zeros(5, 8)  # d(-log softmax(x)[w])/dx = softmax(x) - onehot(w), over the 5 targets
+    for t, w in targets:
+        grad[t] += (p[t] - torch.nn.functional.one_hot(torch.tensor(w), 8)) / 5
+    assert torch.allclose(decoder.table.grad, grad, atol=1e-6)  # rows 0 and 4 predict nothing real: zero
+
+
+def test_human_captions_of_a_batch_are_its_images_usable_captions():
+    tokens = torch.arange(5)[:, None] * 10 + torch.arange(6)  # (5, 6): caption i's row is i*10 .. i*10+5
+    human = HumanCaptions(tokens, torch.tensor([3, 4, 5, 6, 2]), caption_image=[0, 1, 0, 2, 1], usable=[0, 1, 2, 4])
+    captions, lengths, owner = human.batch([1, 0])  # image 1: captions 1 and 4; image 0: 0 and 2 (3 unusable)
+    assert captions[:, 0].tolist() == [10, 40, 0, 20] and captions.shape == (4, 5)  # cut after the longest
+    assert lengths.tolist() == [4, 2, 3, 5] and owner.tolist() == [0, 0, 1, 1]
+
+
+def test_the_mixed_objective_adds_the_weighted_cross_entropy_and_its_gradient():
+    """The same samples (same seed) with weight 0 and 0.5: the loss and every gradient differ by exactly
+    0.5 x the human captions' cross-entropy and its gradient, computed on their own beforehand."""
+    E = 2
+    captions = torch.tensor([[1, 4, 5, E], [1, 6, E, E], [1, 7, 8, E]])
+    human = (captions, torch.tensor([4, 3, 4]), torch.tensor([0, 0, 1]))  # image 0 has two captions, 1 one
+    inputs = torch.randn(2, 8)
+    encoder = torch.nn.Module()
+    encoder.embed = torch.nn.Identity()
+    decoder = tiny_decoder().eval()
+    xe = human_caption_loss(decoder, inputs[human[2]], captions, human[1])
+    xe_grads = torch.autograd.grad(xe, list(decoder.parameters()))
+    results = []
+    for weight in (0.0, 0.5):
+        copy = tiny_decoder().eval()  # the same seed: the same weights
+        optimizer = torch.optim.SGD(copy.parameters(), lr=0.0)  # the gradients stay, the weights do not move
+        torch.manual_seed(3)
+        stats = scst_step(encoder, copy, optimizer, inputs, torch.arange(2), PreferToken(7), samples=3,
+                          max_len=6, xe_weight=weight, human=human)
+        results.append((stats, [p.grad.clone() for p in copy.parameters()]))
+    (plain, plain_grads), (mixed, mixed_grads) = results
+    assert mixed["xe"] == pytest.approx(xe.item(), rel=1e-6) and plain["xe"] == 0.0
+    assert mixed["loss"] - plain["loss"] == pytest.approx(0.5 * xe.item(), rel=1e-5)
+    assert mixed["reward"] == plain["reward"]  # the same samples
+    for g_mixed, g_plain, g_xe in zip(mixed_grads, plain_grads, xe_grads):
+        assert torch.allclose(g_mixed - g_plain, 0.5 * g_xe, atol=1e-6)
+
+
 def test_bad_baseline_settings_are_named():
     decoder, encoder = tiny_decoder(), torch.nn.Module()
     encoder.embed = torch.nn.Identity()
@@ -216,6 +301,14 @@ def test_bad_baseline_settings_are_named():
         scst_step(encoder, decoder, optimizer, torch.randn(2, 8), torch.arange(2), None, baseline="max")
     with pytest.raises(ValueError, match="scst_samples >= 2"):
         scst_step(encoder, decoder, optimizer, torch.randn(2, 8), torch.arange(2), None, samples=1)
+
+
+def test_a_negative_mixed_objective_weight_is_refused_by_name():
+    from train import TrainConfig, check_settings
+
+    with pytest.raises(ValueError, match=r"--scst-xe-weight must be 0 or more, got -0.1"):
+        check_settings(TrainConfig(scst_epochs=1, scst_xe_weight=-0.1))
+    check_settings(TrainConfig(scst_epochs=1, scst_xe_weight=0.1, scst_end_token=True))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,7 +347,7 @@ def test_resume_in_the_middle_of_scst_ends_with_the_same_weights(tiny_shapes, tm
 
 
 def test_resume_takes_the_self_critical_knobs_given_and_keeps_the_saved_ones(tiny_shapes, tmp_path):
-    from train import make_config, train
+    from train import make_config, read_metrics, train
 
     run_dir = train(scst_config(tiny_shapes, tmp_path, scst_epochs=0, scst_max_len=12))
     # the cross-entropy phase is over: the self-critical one starts with the learning rate given now
@@ -262,6 +355,12 @@ def test_resume_takes_the_self_critical_knobs_given_and_keeps_the_saved_ones(tin
     last = torch.load(run_dir / "last.pt", weights_only=True)
     assert last["optimizer"]["param_groups"][0]["lr"] == 3e-4
     assert last["config"]["scst_samples"] == 3 and last["config"]["scst_max_len"] == 12  # kept from the run
+    # the end token and the mixed objective may be switched on for the self-critical phase of a run
+    train(make_config(resume=str(run_dir), scst_epochs=2, scst_end_token=True, scst_xe_weight=0.1))
+    last = torch.load(run_dir / "last.pt", weights_only=True)
+    assert last["config"]["scst_end_token"] is True and last["config"]["scst_xe_weight"] == 0.1
+    rows = read_metrics(run_dir)
+    assert "xe" not in rows[1] and 0 < rows[2]["xe"] < 20  # logged where the mixed objective ran
 
 
 def test_init_from_loads_the_weights_but_not_the_optimiser_or_epoch(tiny_shapes, tmp_path):
