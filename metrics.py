@@ -24,7 +24,7 @@ from functools import lru_cache
 from typing import Hashable, Iterable, Mapping, NamedTuple, Sequence
 
 from shapes_dataset import load_ground_truth, object_f1
-from vocabulary import RARE_ENDING_SHARE, UNK, tokenize
+from vocabulary import UNK, rare_endings, tokenize
 
 # ---------------------------------------------------------------------------------------------------------
 # Public names and constants
@@ -590,8 +590,8 @@ def caption_diagnostics(captions: Mapping[Hashable, str], training_captions: Ite
     """What a score hides about {image_id: caption}: how many differ, how many copy a training caption word for
     word (training_captions: raw strings, tokenized here as the vocabulary tokenizes, or their token lists),
     how many words they use, their mean length in words, how many hold <unk>, how many end badly (on one of
-    no_end_words, or on a word that ends under RARE_ENDING_SHARE of the training captions it occurs in: "on a
-    red"), how many have broken endings (their last two words end no training caption: "on a dirt"), how many
+    no_end_words, or on a word that rarely ends a training caption, by the decoder's rule, vocabulary.rare_endings:
+    "on a red"), how many have broken endings (their last two words end no training caption: "on a dirt"), how many
     were cut at max_len (decoding stops after max_len positions, <end> included, so a caption of max_len words
     never said <end>; one that did has at most max_len - 1), and the `top` most repeated. copied_share and
     broken_endings are None without training captions, cut_at_max_len without max_len."""
@@ -603,7 +603,7 @@ def caption_diagnostics(captions: Mapping[Hashable, str], training_captions: Ite
     training = [tokenize(c) if isinstance(c, str) else list(c) for c in training_captions]
     seen = {" ".join(t) for t in training}
     occurs, ends = Counter(w for t in training for w in t), Counter(t[-1] for t in training if t)
-    no_end = set(no_end_words) | {w for w, n in occurs.items() if ends[w] < RARE_ENDING_SHARE * n}
+    no_end = set(no_end_words) | set(rare_endings(occurs, occurs, ends))
     last_two = {tuple(t[-2:]) for t in training if t}  # how training captions end: ("the", "street")
     return {"captions": len(texts), "distinct": len(counts),
             "copied_share": sum(t in seen for t in texts) / len(texts) if seen else None,

@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from metrics import CIDER_SCALE, CIDER_SIGMA, MAX_N, ptb_tokenize
-from model import allowed_scores, autocast as device_autocast, greedy_search
+from model import allowed_scores, autocast as device_autocast, greedy_search, last_word_scores
 
 BASELINES = ("mean", "greedy")
 PAD = 0  # reward-token id of "no token": padding, and what <start> (and <end> without end_token) map to
@@ -245,6 +245,8 @@ def sample_captions(decoder, features, samples, max_len):
     previous = torch.full((features.size(0),), decoder.start_id, dtype=torch.long, device=features.device)
     for t in range(max_len):
         logits = allowed_scores(decoder, logits.float(), previous if t == 0 else tokens[:, t - 1])
+        if t + 1 == max_len:  # the caption stops here: it ends on a word it may end on, as decoding does
+            logits = last_word_scores(decoder, logits)
         word = torch.multinomial(F.softmax(logits, -1), 1).squeeze(1)  # (C,)
         tokens[:, t] = torch.where(done, end, word)
         done |= word == end

@@ -377,3 +377,11 @@ def test_evaluation_tokenizes_the_training_captions_once_then_reads_the_token_ca
          "annotations": [{"id": i, "image_id": 1, "caption": t} for i, t in enumerate(texts)]}))
     assert evaluate.training_captions(tmp_path / "root", tmp_path / "cache")[0] == ["a", "cat", "sits"]
     assert evaluate.training_captions(tmp_path / "nothing", tmp_path / "cache") == ()
+
+
+def test_bad_endings_follow_the_decoders_rule_a_word_ending_many_captions_may_end_one():
+    """'man' ends 20 of the 1,020 training captions it is in (under 2%, but 20 of them): the decoder lets a caption
+    end on it, so the diagnostics must not count that ending as bad; 'red' ends 1 of 100 and stays barred."""
+    training = [["a", "man"]] * 20 + [["a", "man", "runs"]] * 1000 + [["a", "red"]] + [["a", "red", "car"]] * 99
+    d = metrics.caption_diagnostics({1: "a tall man", 2: "a big red"}, training)
+    assert d["bad_endings"] == 1

@@ -734,7 +734,7 @@ def test_word_rules_add_the_words_the_training_captions_rarely_end_on():
     assert model.word_rules(vocab)["no_end_after"] == sorted(vocab(w) for w in ("a", "on", "the", "dog", "runs"))
 
 
-@pytest.mark.parametrize("search", ["greedy", "beam 3", "udacity sample"])
+@pytest.mark.parametrize("search", ["greedy", "beam 3", "udacity sample", "self-critical sampling"])
 def test_a_caption_cut_at_max_len_still_ends_on_a_word_it_may_end_on(search):
     """After "a" the likeliest word is <end>, which the rules forbid, then "a" again: unchecked, decoding says
     "a a a ... a" until max_len. Its last word must still be one a caption may end on: here "dog"."""
@@ -750,6 +750,13 @@ def test_a_caption_cut_at_max_len_still_ends_on_a_word_it_may_end_on(search):
             lstm.fc.bias[vocab("a")] = 0.5  # ... except that the first step says "a" (its <start> guess)
         ids = lstm.sample(feats[:1], max_len=MAX_LEN)
         captions = [ids[1:-1] if ids[-1] == vocab.end_id else ids[1:]]
+    elif search == "self-critical sampling":  # what SCST rewards must be what decoding can write
+        import scst
+
+        torch.manual_seed(0)
+        tokens = scst.sample_captions(decoder, feats, 8, MAX_LEN)  # (16, MAX_LEN), <end> after <end>
+        captions = [[w for w in row.tolist() if w != vocab.end_id] for row in tokens]
+        assert any(len(c) == MAX_LEN for c in captions)  # some samples are cut at max_len: the case checked
     elif search == "greedy":
         captions, _ = greedy_search(decoder, feats, MAX_LEN)
     else:
