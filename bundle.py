@@ -161,7 +161,9 @@ def card_text(bundle_path, records, run_dir=None):
         "```", "make model DATA_ROOT=path/to/flickr8k", "```", "",
         "It trains `python train.py --preset flickr8k-best` from a cold cache, exports the best epoch with "
         "`python bundle.py export`, scores the development split with evaluate.py (greedy and beam 3) and writes "
-        "this card." + training_time(run_dir),
+        "this card." + training_time(run_dir) + " On one machine the seeded recipe repeats bit for bit, so a rebuild "
+        "gives this same file (tests/test_bundle.py checks it on a small run); another kind of CPU may round "
+        "differently and give other last bits.",
     ]
     return "\n".join(lines) + "\n"
 

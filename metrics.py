@@ -622,7 +622,7 @@ def diagnostics_lines(d: Mapping) -> list[str]:
     lines = [f"{d['distinct']:,} distinct captions of {d['captions']:,}; {copied} copy a training caption; "
              f"{d['words_used']:,} words used; mean length {d['mean_length']:.1f} words; "
              f"{d['with_unk']} with {UNK}; {d['bad_endings']} ending on a word sentences do not end on "
-             "(an article, a preposition, a colour)"]
+             "(an article, a preposition, a word that rarely ends one)"]
     ends = [f"{d[key]} {what}" for key, what in (
         ("broken_endings", "ending on two words that end no training caption ('on a dirt')"),
         ("cut_at_max_len", "cut at max_len (no <end>)")) if d.get(key) is not None]
