@@ -44,10 +44,13 @@ def output_paths(out_dir, split, beam, suffix=""):
     return out / f"captions_{split}_beam{beam}{suffix}.json", out / f"scores_{split}_beam{beam}{suffix}.json"
 
 
-def decoding_suffix(ckpt, max_len, length_penalty, word_rules, data_root):
+def decoding_suffix(ckpt, max_len, length_penalty, word_rules, data_root, its_own_images=False):
     """'' when the captions are decoded as the checkpoint does by default; otherwise each setting that changes
     them, e.g. '_maxlen2_lp0.6_norules_root-coco-a1b2c3'. So a measurement with other settings never replaces
-    the default scores file (make photos reuses it) nor the model card's row (add_scores takes defaults only)."""
+    the default scores file (make photos reuses it) nor the model card's row (add_scores takes defaults only).
+    its_own_images: the split is, image for image, one the checkpoint recorded (its validation or training
+    images), so another spelling or place of the data root is the same data (a bundled model's, or a moved
+    dataset's)."""
     parts = []
     if max_len != checkpoint_max_len(ckpt):
         parts.append(f"maxlen{max_len}")
@@ -56,7 +59,7 @@ def decoding_suffix(ckpt, max_len, length_penalty, word_rules, data_root):
     if not word_rules:
         parts.append("norules")
     own_root = ckpt.get("config", {}).get("data_root", "")
-    if Path(data_root).expanduser().resolve() != Path(own_root).expanduser().resolve():
+    if not its_own_images and Path(data_root).expanduser().resolve() != Path(own_root).expanduser().resolve():
         where = hashlib.sha256(str(Path(data_root).expanduser().resolve()).encode("utf-8")).hexdigest()[:6]
         parts.append(f"root-{Path(data_root).resolve().name}-{where}")  # the hash tells two roots of one name apart
     return "".join("_" + part for part in parts)
@@ -184,7 +187,9 @@ def evaluate_checkpoint(checkpoint, split=None, beam=1, max_len=None, length_pen
         NO_END_AFTER, max_len=max_len)
     scores.files = None  # (captions file, scores file) once written
     if save:
-        suffix = decoding_suffix(ckpt, max_len, length_penalty, word_rules, settings["data_root"])
+        n = len(dataset.image_files)
+        recorded = ckpt.get("val_images") is not None and n in (chosen, trained)
+        suffix = decoding_suffix(ckpt, max_len, length_penalty, word_rules, settings["data_root"], recorded)
         info = dict(checkpoint=str(checkpoint), data_root=str(settings["data_root"]), split=split, beam=beam,
                     max_len=max_len, length_penalty=length_penalty, word_rules=word_rules,
                     default_decoding=not suffix, n_images=len(captions), chosen_on_this_split=bool(chosen),

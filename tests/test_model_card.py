@@ -125,3 +125,8 @@ def test_other_decoding_settings_never_replace_the_default_scores_file_or_card_r
     scores, _ = evaluate.evaluate_checkpoint(checkpoint, max_len=own["max_len"], data_root=str(tiny_shapes) + "/",
                                              **common)
     assert scores.files[1] == default_file
+    # The data moved (or a bundled model, whose data lives wherever the user keeps it): a split whose images are,
+    # one for one, those the checkpoint recorded is the same data, so its default file and row are the ones.
+    val = own["val_split"]
+    scores, _ = evaluate.evaluate_checkpoint(checkpoint, **{**common, "split": val}, data_root=str(copy))
+    assert scores.files[1] == run / f"scores_{val}_beam1.json"
