@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from urllib.error import URLError
 
 import pytest
@@ -146,7 +147,7 @@ def test_the_hub_loads_the_bundled_model_from_a_github_download(tmp_path):
         if (REPO_ROOT / name).is_file() and not name.endswith(".ipynb"):
             (repo_copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO_ROOT / name, repo_copy / name)
-    weights = torch.hub.get_dir() + "/checkpoints/mobilenet_v2-b0353104.pth"
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / "mobilenet_v2-b0353104.pth"
     (hub_dir / "checkpoints").mkdir()
     shutil.copy2(weights, hub_dir / "checkpoints")
     script = (f"import torch; torch.hub.set_dir({str(hub_dir)!r}); "
